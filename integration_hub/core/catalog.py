@@ -1,0 +1,562 @@
+"""The catalog: `integrations.yaml`, validated with pydantic.
+
+Every problem in a catalog is reported at once, each as one line saying what is wrong,
+where (the connection/integration/report by name and the field) and how to fix it.
+Nothing runs on an invalid catalog.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+PropertyType = Literal["string", "number", "boolean", "date", "datetime"]
+PROPERTY_TYPES: tuple[str, ...] = ("string", "number", "boolean", "date", "datetime")
+
+# Names become DuckDB tables/columns and Dagster asset keys, so they are plain identifiers.
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+RESERVED_COLUMNS = {"user_id", "_updated_at", "_source"}
+DEFAULT_MAX_FILE_BYTES = 1024**3
+CATALOG_ENV = "INTEGRATION_HUB_CATALOG"
+WAREHOUSE_ENV = "INTEGRATION_HUB_WAREHOUSE"
+
+
+class CatalogError(Exception):
+    """An invalid catalog: one message per problem."""
+
+    def __init__(self, problems: list[str], path: Path | None = None) -> None:
+        self.problems = problems
+        self.path = path
+        where = f" {path}" if path else ""
+        super().__init__(
+            f"invalid catalog{where} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------- connections
+
+
+class S3Connection(_Model):
+    """An S3 bucket (or any S3-compatible store through `endpoint_url`)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3)
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _normalise_prefix(cls, value: str) -> str:
+        return value.strip("/")
+
+
+class LocalConnection(_Model):
+    """A folder on this machine: the embedded default landing area."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["local"]
+    path: str
+
+
+class SalesforceConnection(_Model):
+    """A Salesforce org, reached with OAuth 2.0 (authorization code + PKCE, or JWT bearer)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["salesforce"]
+    environment: Literal["sandbox", "production"] = "production"
+    instance_url: str | None = None
+    login_url: str | None = None  # My Domain login host; else login/test.salesforce.com
+    auth: Literal["oauth", "jwt"] = "oauth"
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    username: str | None = None  # JWT bearer: the Salesforce user the server acts as
+    private_key_file: str | None = None  # JWT bearer: the connected app's private key (PEM)
+    api_version: str = "62.0"
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    callback_port: int = Field(default=1717, ge=1, le=65535)
+
+
+class AzureBlobConnection(_Model):
+    """An Azure Blob Storage container."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["azure_blob"]
+    container: str = Field(min_length=3)
+    prefix: str = ""
+    account_url: str | None = None
+    connection_string: SecretStr | None = None
+    credential: SecretStr | None = None  # account key or SAS token, with account_url
+
+    @field_validator("prefix")
+    @classmethod
+    def _normalise_prefix(cls, value: str) -> str:
+        return value.strip("/")
+
+
+Connection = Annotated[
+    S3Connection | LocalConnection | SalesforceConnection | AzureBlobConnection,
+    Field(discriminator="type"),
+]
+
+# ---------------------------------------------------------------------------- integrations
+
+
+class CsvProperty(_Model):
+    """A CSV column imported as an attribute."""
+
+    column: str = Field(min_length=1)
+    name: str = Field(pattern=NAME_PATTERN)
+    type: PropertyType = "string"
+
+
+class ApiProperty(_Model):
+    """A payload property of the End User Update API imported as an attribute."""
+
+    property: str = Field(min_length=1)
+    name: str = Field(pattern=NAME_PATTERN)
+    type: PropertyType = "string"
+
+
+class _IntegrationBase(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    enabled: bool = True
+
+
+class CsvIntegration(_IntegrationBase):
+    """Inbound CSV files from an S3 or local folder."""
+
+    type: Literal["s3_csv"]
+    connection: str
+    folder: str = Field(min_length=1)
+    user_id_column: str = Field(min_length=1)
+    properties: list[CsvProperty] = Field(min_length=1)
+    schedule: str = "*/15 * * * *"
+    sensor_interval_seconds: int = Field(default=30, ge=5, le=3600)
+    on_blank: Literal["keep", "clear"] = "keep"
+    max_rejected_ratio: float = Field(default=0.1, ge=0, le=1)
+    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, gt=0)
+    delimiter: str | None = None  # None: detected by DuckDB's sniffer
+    encoding: Literal["utf-8", "utf-16", "latin-1"] = "utf-8"
+
+    @field_validator("folder")
+    @classmethod
+    def _normalise_folder(cls, value: str) -> str:
+        return value.strip().rstrip("/")
+
+    @property
+    def inbound_properties(self) -> list[tuple[str, str, str]]:
+        """(source column, attribute name, type) for each mapped column."""
+        return [(p.column, p.name, p.type) for p in self.properties]
+
+    @property
+    def user_id_source(self) -> str:
+        return self.user_id_column
+
+
+class ApiIntegration(_IntegrationBase):
+    """Inbound records from the End User Update API."""
+
+    type: Literal["api"]
+    system: str = Field(min_length=1)
+    environment: Literal["production", "qa"] = "production"
+    user_id_property: str = Field(min_length=1)
+    properties: list[ApiProperty] = Field(min_length=1)
+    schedule: str | None = None  # landed batches are applied by the sensor; a schedule is a backstop
+    sensor_interval_seconds: int = Field(default=10, ge=5, le=3600)
+    on_blank: Literal["keep", "clear"] = "keep"
+
+    @property
+    def inbound_properties(self) -> list[tuple[str, str, str]]:
+        return [(p.property, p.name, p.type) for p in self.properties]
+
+    @property
+    def user_id_source(self) -> str:
+        return self.user_id_property
+
+
+class SalesforceField(_Model):
+    column: str = Field(min_length=1)
+    field: str = Field(min_length=1)
+
+
+class SalesforceIntegration(_IntegrationBase):
+    """Outbound, update-only sync of a report into a Salesforce object."""
+
+    type: Literal["salesforce"]
+    connection: str
+    report: str
+    object: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    report_key: str = Field(min_length=1)
+    salesforce_key: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    fields: list[SalesforceField] = Field(min_length=1)
+    schedule: str = "0 9 * * *"
+    on_multiple_matches: Literal["skip", "update_all"] = "skip"
+    bulk_threshold: int = Field(default=2000, ge=1)
+
+
+class FileExportIntegration(_IntegrationBase):
+    """Outbound CSV files of a report into S3 or Azure Blob."""
+
+    type: Literal["file_export"]
+    connection: str
+    report: str
+    folder: str = ""
+    file_name: str = "{integration}_{timestamp}.csv"
+    format: Literal["csv"] = "csv"
+    compression: Literal["gzip"] | None = None
+    escape_formulas: bool = True
+    overwrite: bool = False
+    schedule: str = "0 9 * * *"
+
+    @field_validator("folder")
+    @classmethod
+    def _normalise_folder(cls, value: str) -> str:
+        return value.strip().strip("/")
+
+
+Integration = Annotated[
+    CsvIntegration | ApiIntegration | SalesforceIntegration | FileExportIntegration,
+    Field(discriminator="type"),
+]
+InboundIntegration = CsvIntegration | ApiIntegration
+
+
+class Report(_Model):
+    """A named SQL query over the warehouse, materialized as a DuckDB table."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    sql: str = Field(min_length=1)
+    description: str | None = None
+
+
+class Catalog(_Model):
+    """The whole catalog file."""
+
+    warehouse: str = "data/warehouse.duckdb"
+    landing: str = "data/api_landing"  # durable store of accepted API batches
+    max_attributes: int = Field(default=100, ge=1, le=100)
+    connections: list[Connection] = Field(default_factory=list)
+    integrations: list[Integration] = Field(default_factory=list)
+    reports: list[Report] = Field(default_factory=list)
+    # Directory relative paths in the file are resolved against (set by the loader).
+    base_dir: str = Field(default=".", exclude=True)
+
+    # -- lookups -----------------------------------------------------------------
+    def connection(self, name: str) -> Connection:
+        for connection in self.connections:
+            if connection.name == name:
+                return connection
+        raise KeyError(name)
+
+    def integration(self, name: str) -> Integration:
+        for integration in self.integrations:
+            if integration.name == name:
+                return integration
+        raise KeyError(f"no integration named {name!r} in the catalog")
+
+    def report(self, name: str) -> Report:
+        for report in self.reports:
+            if report.name == name:
+                return report
+        raise KeyError(name)
+
+    @property
+    def inbound(self) -> list[InboundIntegration]:
+        return [i for i in self.integrations if isinstance(i, CsvIntegration | ApiIntegration)]
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(os.path.expanduser(value))
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.resolve_path(os.environ.get(WAREHOUSE_ENV) or self.warehouse)
+
+    @property
+    def landing_path(self) -> Path:
+        return self.resolve_path(self.landing)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass
+class _Unset:
+    location: str
+    variable: str
+
+
+def _interpolate(value: Any, location: str, unset: list[_Unset]) -> Any:
+    """Replace ${VAR} from the environment; a value that is only an unset ${VAR} becomes absent."""
+    if isinstance(value, dict):
+        result = {}
+        for key, item in value.items():
+            resolved = _interpolate(item, f"{location}.{key}" if location else str(key), unset)
+            if resolved is not _ABSENT:
+                result[key] = resolved
+        return result
+    if isinstance(value, list):
+        return [_interpolate(item, f"{location}[{i}]", unset) for i, item in enumerate(value)]
+    if isinstance(value, str):
+        whole = _ENV_PATTERN.fullmatch(value.strip())
+        if whole and whole.group(1) not in os.environ:
+            unset.append(_Unset(location, whole.group(1)))
+            return _ABSENT
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(1) not in os.environ:
+                unset.append(_Unset(location, match.group(1)))
+                return ""
+            return os.environ[match.group(1)]
+
+        return _ENV_PATTERN.sub(replace, value)
+    return value
+
+
+_ABSENT = object()
+
+
+def default_catalog_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`--catalog`, else $INTEGRATION_HUB_CATALOG, else ./integrations.yaml."""
+    return Path(explicit or os.environ.get(CATALOG_ENV) or "integrations.yaml")
+
+
+def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
+    """Read, interpolate and validate a catalog file; raise CatalogError listing every problem."""
+    catalog_path = default_catalog_path(path)
+    if not catalog_path.exists():
+        raise CatalogError(
+            [
+                f"catalog file {catalog_path} does not exist: create it (see README 'The catalog'), "
+                f"pass --catalog PATH, or set ${CATALOG_ENV}"
+            ]
+        )
+    try:
+        raw = yaml.safe_load(catalog_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CatalogError(
+            [f"{catalog_path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}"], catalog_path
+        ) from None
+    return parse_catalog(raw, base_dir=catalog_path.resolve().parent, path=catalog_path)
+
+
+def parse_catalog(raw: Any, base_dir: str | os.PathLike[str] = ".", path: Path | None = None) -> Catalog:
+    """Validate an already-parsed catalog document."""
+    if not isinstance(raw, dict):
+        raise CatalogError(["the catalog must be a YAML mapping with connections/integrations/reports"], path)
+    unset: list[_Unset] = []
+    document = _interpolate(raw, "", unset)
+    document["base_dir"] = str(base_dir)
+    try:
+        catalog = Catalog.model_validate(document)
+    except ValidationError as exc:
+        raise CatalogError(_pydantic_problems(exc, document, unset), path) from None
+    problems = list(semantic_problems(catalog))
+    if problems:
+        raise CatalogError(problems, path)
+    return catalog
+
+
+def _describe_location(loc: Iterable[Any], document: dict[str, Any]) -> str:
+    """Turn ('integrations', 0, 's3_csv', 'schedule') into "integration 'crm' field 'schedule'"."""
+    parts = list(loc)
+    if len(parts) >= 2 and parts[0] in ("connections", "integrations", "reports") and isinstance(parts[1], int):
+        section, index = parts[0], parts[1]
+        entries = document.get(section) or []
+        entry = entries[index] if index < len(entries) and isinstance(entries[index], dict) else {}
+        label = f"{section[:-1]} {entry.get('name', f'#{index + 1}')!r}"
+        rest = [p for p in parts[2:] if p not in ("s3", "local", "salesforce", "azure_blob", "s3_csv", "api", "file_export")]
+        field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in rest).replace(".[", "[")
+        return f"{label} field {field!r}" if field else label
+    field = ".".join(str(p) for p in parts)
+    return f"field {field!r}" if field else "the catalog"
+
+
+def _pydantic_problems(exc: ValidationError, document: dict[str, Any], unset: list[_Unset]) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        where = _describe_location(error["loc"], document)
+        message = error["msg"]
+        hint = ""
+        if error["type"] == "missing":
+            dotted = ".".join(str(p) for p in error["loc"])
+            env = [u.variable for u in unset if dotted.endswith(u.location.split(".")[-1])]
+            hint = f": set the environment variable {env[0]}" if env else ": add it"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a known field"
+            hint = ": remove it or check its spelling (see README 'The catalog')"
+        elif error["type"] == "literal_error":
+            hint = f" (got {error.get('input')!r})"
+        elif error["type"] == "string_pattern_mismatch":
+            message = "must be lower-case letters, digits and underscores, starting with a letter"
+            hint = f" (got {error.get('input')!r})"
+        elif error["type"] == "union_tag_invalid":
+            message = "has an unknown type"
+            hint = f" (got {error.get('input', {}).get('type') if isinstance(error.get('input'), dict) else error.get('input')!r}): {error.get('ctx', {}).get('expected_tags', '')}"
+        elif error["type"] == "union_tag_not_found":
+            message = "needs a `type`"
+            hint = f": one of {error.get('ctx', {}).get('expected_tags', '')}"
+        problems.append(f"{where} {message}{hint}")
+    return problems
+
+
+def _folder_problem(folder: str) -> str | None:
+    normalised = posixpath.normpath(folder)
+    if folder.startswith("/") or normalised.startswith("..") or normalised in (".", ""):
+        return "must be a sub-folder inside the connection's prefix/path (no leading '/', no '..')"
+    if normalised.split("/")[-1] in ("success", "failed"):
+        return "must not end in 'success' or 'failed': those sub-folders hold processed files"
+    return None
+
+
+def _folder_identity(catalog: Catalog, connection: Connection, folder: str) -> tuple[str, ...] | None:
+    """Where a folder really is, so two integrations can be compared across connections."""
+    if isinstance(connection, S3Connection):
+        full = posixpath.normpath(posixpath.join(connection.prefix, folder))
+        return ("s3", connection.endpoint_url or "", connection.bucket, *full.split("/"))
+    if isinstance(connection, LocalConnection):
+        full = (catalog.resolve_path(connection.path) / folder).resolve()
+        return ("local", *full.parts)
+    return None
+
+
+def semantic_problems(catalog: Catalog) -> Iterable[str]:
+    """Cross-entry rules pydantic cannot see."""
+    for section, entries in (
+        ("connection", catalog.connections),
+        ("integration", catalog.integrations),
+        ("report", catalog.reports),
+    ):
+        for name, count in Counter(e.name for e in entries).items():
+            if count > 1:
+                yield f"{section} {name!r} is declared {count} times: names must be unique; rename one"
+
+    from dagster._utils.schedules import is_valid_cron_string
+
+    connections = {c.name: c for c in catalog.connections}
+    reports = {r.name for r in catalog.reports}
+    folders: list[tuple[tuple[str, ...], str]] = []
+    property_owner: dict[str, str] = {}
+    total_properties = 0
+
+    for integration in catalog.integrations:
+        where = f"integration {integration.name!r}"
+        schedule = getattr(integration, "schedule", None)
+        if schedule is not None and not is_valid_cron_string(schedule):
+            yield (
+                f"{where} field 'schedule' {schedule!r} is not a valid cron expression: "
+                "use five fields, minute hour day month weekday, e.g. '*/15 * * * *' (UTC)"
+            )
+
+        wanted = {
+            "s3_csv": (S3Connection, LocalConnection),
+            "salesforce": (SalesforceConnection,),
+            "file_export": (S3Connection, AzureBlobConnection),
+        }.get(integration.type)
+        if wanted is not None:
+            connection_name = integration.connection  # type: ignore[union-attr]
+            connection = connections.get(connection_name)
+            if connection is None:
+                known = ", ".join(sorted(connections)) or "none declared"
+                yield (
+                    f"{where} field 'connection' names unknown connection {connection_name!r}: "
+                    f"declare it under connections (known: {known})"
+                )
+            elif not isinstance(connection, wanted):
+                kinds = " or ".join(w.model_fields["type"].annotation.__args__[0] for w in wanted)
+                yield (
+                    f"{where} field 'connection': {connection_name!r} is a {connection.type} connection, "
+                    f"but a {integration.type} integration needs a {kinds} connection"
+                )
+            elif isinstance(integration, CsvIntegration):
+                problem = _folder_problem(integration.folder)
+                if problem:
+                    yield f"{where} field 'folder' {integration.folder!r} {problem}"
+                else:
+                    identity = _folder_identity(catalog, connection, integration.folder)
+                    if identity:
+                        folders.append((identity, integration.name))
+
+        if isinstance(integration, SalesforceIntegration | FileExportIntegration):
+            if integration.report not in reports:
+                known = ", ".join(sorted(reports)) or "none declared"
+                yield (
+                    f"{where} field 'report' names unknown report {integration.report!r}: "
+                    f"declare it under reports (known: {known})"
+                )
+        if isinstance(integration, SalesforceIntegration):
+            for field, count in Counter(f.field.lower() for f in integration.fields).items():
+                if count > 1:
+                    yield f"{where} field 'fields' maps Salesforce field {field!r} {count} times: map it once"
+            if integration.salesforce_key.lower() in {f.field.lower() for f in integration.fields}:
+                yield (
+                    f"{where} field 'fields' maps the key field {integration.salesforce_key!r}: "
+                    "the key only matches records, remove it from fields"
+                )
+        if isinstance(integration, FileExportIntegration):
+            try:
+                integration.file_name.format(date="d", timestamp="t", integration="i")
+            except (KeyError, IndexError, ValueError) as exc:
+                yield (
+                    f"{where} field 'file_name' {integration.file_name!r} has an unknown placeholder "
+                    f"({exc}): use only {{date}}, {{timestamp}} and {{integration}}"
+                )
+
+        if isinstance(integration, CsvIntegration | ApiIntegration):
+            sources = Counter(source for source, _, _ in integration.inbound_properties)
+            for source, count in sources.items():
+                if count > 1:
+                    yield f"{where} maps source column {source!r} {count} times: map each column once"
+            for _, name, _ in integration.inbound_properties:
+                total_properties += 1
+                if name in RESERVED_COLUMNS:
+                    yield f"{where} property name {name!r} is reserved: choose another name"
+                elif name in property_owner:
+                    other = property_owner[name]
+                    yield (
+                        f"{where} property name {name!r} is already used by integration {other!r}: "
+                        "property names are unique across all inbound integrations; rename one"
+                    )
+                else:
+                    property_owner[name] = integration.name
+
+    for i, (identity, name) in enumerate(folders):
+        for other_identity, other_name in folders[i + 1 :]:
+            shorter = min(len(identity), len(other_identity))
+            if identity[:shorter] == other_identity[:shorter]:
+                yield (
+                    f"integrations {name!r} and {other_name!r} read overlapping folders: a file must "
+                    "belong to exactly one integration; give each its own folder, not nested"
+                )
+
+    if total_properties > catalog.max_attributes:
+        yield (
+            f"inbound integrations declare {total_properties} properties in total, over max_attributes "
+            f"({catalog.max_attributes}): remove properties or raise max_attributes (at most 100)"
+        )
+

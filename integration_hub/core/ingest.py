@@ -1,0 +1,248 @@
+"""Applying inbound rows to an attribute table: stage, validate, MERGE, in one transaction.
+
+CSV files and API batches both end here. The source is any DuckDB relation whose columns
+are the source names (VARCHAR); all work is DuckDB SQL. The whole application, including
+the run bookkeeping, commits together or not at all, so a crash leaves the table as it was
+and applying the same source again gives the same result.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import duckdb
+
+from .catalog import InboundIntegration
+from .sql import blank, cast_expression, ident, literal, rejection_reason
+from .warehouse import attributes_table, ensure_attribute_table, ensure_bookkeeping
+
+Status = Literal["success", "partial", "failed", "skipped"]
+ROW_ERROR_COLUMN = "_row_error"  # optional source column: a reason the whole row is unusable
+PREVIEW_ROWS = 5
+
+
+@dataclass
+class RunRecord:
+    """One row of `integration_runs` (plus what the caller shows in Dagster)."""
+
+    run_id: str
+    integration: str
+    kind: str
+    source: str
+    started_at: datetime
+    status: Status = "failed"
+    rows_read: int = 0
+    rows_applied: int = 0
+    rows_rejected: int = 0
+    properties_imported: int = 0
+    message: str = ""
+    dagster_run_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    finished_at: datetime | None = None
+    rejected_preview: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.source}: {self.status} ({self.rows_read} read, {self.rows_applied} applied, "
+            f"{self.rows_rejected} rejected){' - ' + self.message if self.message else ''}"
+        )
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def record_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+    """Insert the run's bookkeeping row (inside the caller's transaction, if any)."""
+    run.finished_at = run.finished_at or now_utc()
+    con.execute(
+        "INSERT INTO integration_runs (run_id, integration, kind, source, started_at, finished_at, status, "
+        "rows_read, rows_applied, rows_rejected, properties_imported, message, dagster_run_id, details) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            run.run_id,
+            run.integration,
+            run.kind,
+            run.source,
+            run.started_at,
+            run.finished_at,
+            run.status,
+            run.rows_read,
+            run.rows_applied,
+            run.rows_rejected,
+            run.properties_imported,
+            run.message,
+            run.dagster_run_id,
+            json.dumps(run.details, default=str),
+        ],
+    )
+
+
+def record_failure(con: duckdb.DuckDBPyConnection, run: RunRecord, message: str) -> RunRecord:
+    """Bookkeeping for a source that could not be applied at all (nothing of it is applied)."""
+    run.status = "failed"
+    run.message = message
+    run.rows_applied = 0
+    ensure_bookkeeping(con)
+    record_run(con, run)
+    return run
+
+
+def _stage_sql(integration: InboundIntegration, source_sql: str, source_columns: list[str], row_offset: int) -> str:
+    has_row_error = ROW_ERROR_COLUMN in source_columns
+    uid = f"CAST(src.{ident(integration.user_id_source)} AS VARCHAR)"
+    selects = [
+        f"row_number() OVER () + {int(row_offset)} AS _row",
+        f"NULLIF(trim({uid}), '') AS user_id",
+    ]
+    bad_cells = []
+    for source, name, ptype in integration.inbound_properties:
+        raw = f"CAST(src.{ident(source)} AS VARCHAR)"
+        typed = cast_expression(raw, ptype)
+        selects.append(f"{typed} AS {ident(name)}")
+        if ptype != "string":
+            bad_cells.append(
+                f"CASE WHEN NOT {blank(raw)} AND ({typed}) IS NULL THEN "
+                f"{{'column_name': {literal(source)}, 'value': {raw}, 'reason': {literal(rejection_reason(ptype))}}} END"
+            )
+    if bad_cells:
+        selects.append(f"list_filter([{', '.join(bad_cells)}], lambda x: x IS NOT NULL) AS _bad")
+    else:
+        selects.append("CAST([] AS STRUCT(column_name VARCHAR, value VARCHAR, reason VARCHAR)[]) AS _bad")
+    selects.append(f"src.{ident(ROW_ERROR_COLUMN)} AS _row_error" if has_row_error else "CAST(NULL AS VARCHAR) AS _row_error")
+    return f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT {', '.join(selects)} FROM ({source_sql}) AS src"
+
+
+def _rejections_sql(user_id_source: str) -> str:
+    uid_col = literal(user_id_source)
+    return f"""
+    CREATE OR REPLACE TEMP TABLE _rejects AS
+    SELECT _row, NULL AS user_id, {uid_col} AS column_name, NULL AS value,
+           'empty user id: every row needs a value in ' || {uid_col} AS reason
+      FROM _stage WHERE user_id IS NULL
+    UNION ALL
+    SELECT s._row, s.user_id, {uid_col}, s.user_id,
+           'user id appears ' || d.n || ' times in this source (rows ' || array_to_string(d.rows, ', ')
+           || CASE WHEN d.n > 5 THEN ', ...' ELSE '' END || '): keep one row per user'
+      FROM _stage s JOIN _dups d USING (user_id)
+    UNION ALL
+    SELECT _row, user_id, b.column_name, b.value, b.reason
+      FROM (SELECT _row, user_id, unnest(_bad) AS b FROM _stage WHERE len(_bad) > 0)
+    UNION ALL
+    SELECT _row, user_id, NULL, NULL, _row_error FROM _stage WHERE _row_error IS NOT NULL
+    """
+
+
+def _merge_sql(integration: InboundIntegration, table: str, source: str, applied_at: datetime) -> str:
+    names = [name for _, name, _ in integration.inbound_properties]
+    keep = integration.on_blank == "keep"
+    updates = [
+        f"{ident(n)} = COALESCE(s.{ident(n)}, t.{ident(n)})" if keep else f"{ident(n)} = s.{ident(n)}" for n in names
+    ]
+    stamp = f"CAST({literal(applied_at.isoformat())} AS TIMESTAMPTZ)"
+    updates += [f"_updated_at = {stamp}", f"_source = {literal(source)}"]
+    insert_columns = ", ".join(["user_id", *(ident(n) for n in names), "_updated_at", "_source"])
+    insert_values = ", ".join(["s.user_id", *(f"s.{ident(n)}" for n in names), stamp, literal(source)])
+    valid = (
+        "SELECT * FROM _stage WHERE user_id IS NOT NULL AND len(_bad) = 0 AND _row_error IS NULL "
+        "AND user_id NOT IN (SELECT user_id FROM _dups)"
+    )
+    return f"""
+    MERGE INTO {ident(table)} AS t
+    USING ({valid}) AS s
+    ON t.user_id = s.user_id
+    WHEN MATCHED THEN UPDATE SET {', '.join(updates)}
+    WHEN NOT MATCHED THEN INSERT ({insert_columns}) VALUES ({insert_values})
+    """
+
+
+def apply_source(
+    con: duckdb.DuckDBPyConnection,
+    integration: InboundIntegration,
+    source_sql: str,
+    run: RunRecord,
+    *,
+    max_rejected_ratio: float,
+    row_offset: int = 1,
+    before_commit: Any = None,
+) -> RunRecord:
+    """Validate a source relation and MERGE its good rows; bookkeeping in the same transaction.
+
+    `before_commit(con, run)` runs inside the transaction after the decision (used to record
+    processed files). If more than `max_rejected_ratio` of the rows are rejected, or no row is
+    valid, nothing is applied and the run is failed.
+    """
+    source_columns = [d[0] for d in con.execute(f"DESCRIBE SELECT * FROM ({source_sql})").fetchall()]
+    table = attributes_table(integration.name)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        ensure_bookkeeping(con)
+        ensure_attribute_table(con, integration)
+        con.execute(_stage_sql(integration, source_sql, source_columns, row_offset))
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _dups AS SELECT user_id, count(*) AS n, "
+            "list(_row ORDER BY _row)[1:5] AS rows FROM _stage WHERE user_id IS NOT NULL "
+            "GROUP BY user_id HAVING count(*) > 1"
+        )
+        con.execute(_rejections_sql(integration.user_id_source))
+        rows_read = con.execute("SELECT count(*) FROM _stage").fetchone()[0]
+        rows_rejected = con.execute("SELECT count(DISTINCT _row) FROM _rejects").fetchone()[0]
+        run.rows_read, run.rows_rejected = rows_read, rows_rejected
+        run.properties_imported = len(integration.inbound_properties)
+        con.execute(
+            "INSERT INTO rejected_rows SELECT ?, ?, ?, _row, user_id, column_name, value, reason "
+            "FROM _rejects ORDER BY _row",
+            [run.run_id, run.integration, run.source],
+        )
+        run.rejected_preview = [
+            dict(zip(("row_number", "user_id", "column_name", "value", "reason"), r, strict=True))
+            for r in con.execute(
+                f"SELECT _row, user_id, column_name, value, reason FROM _rejects ORDER BY _row LIMIT {PREVIEW_ROWS}"
+            ).fetchall()
+        ]
+        valid_rows = rows_read - rows_rejected
+        ratio = rows_rejected / rows_read if rows_read else 1.0
+        if rows_read == 0:
+            run.status, run.message = "failed", "no rows: the source has a header but no data rows"
+        elif valid_rows == 0:
+            run.status, run.message = "failed", f"no valid row: all {rows_read} rows were rejected (see rejected_rows)"
+        elif ratio > max_rejected_ratio:
+            run.status = "failed"
+            run.message = (
+                f"{rows_rejected} of {rows_read} rows rejected ({ratio:.1%}), over max_rejected_ratio "
+                f"{max_rejected_ratio:.0%}: nothing applied; fix the rows listed in rejected_rows and send it again"
+            )
+        else:
+            applied = con.execute(_merge_sql(integration, table, run.source, run.started_at)).fetchone()
+            run.rows_applied = int(applied[0]) if applied else valid_rows
+            run.status = "partial" if rows_rejected else "success"
+            if rows_rejected:
+                run.message = f"{rows_rejected} rows rejected (see rejected_rows)"
+        if before_commit is not None:
+            before_commit(con, run)
+        record_run(con, run)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        for temp in ("_stage", "_dups", "_rejects"):
+            try:
+                con.execute(f"DROP TABLE IF EXISTS {temp}")
+            except duckdb.Error:
+                pass
+    return run
+
+
+def table_preview(con: duckdb.DuckDBPyConnection, table: str, limit: int = PREVIEW_ROWS) -> str:
+    """A small markdown preview of a table for Dagster metadata."""
+    result = con.execute(f"SELECT * FROM {ident(table)} ORDER BY _updated_at DESC NULLS LAST LIMIT {int(limit)}")
+    columns = [d[0] for d in result.description]
+    rows = result.fetchall()
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,315 @@
+"""Landing storage: the folders inbound files are dropped into, on S3 or on this machine.
+
+Both kinds behave the same: `*.csv` / `*.csv.gz` directly in an integration's folder are
+pending; processed files move to `<folder>/success/` or `<folder>/failed/` and are never
+picked up again. Listing only looks at the folder level, so a folder holding many processed
+files stays cheap to watch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from .catalog import Catalog, Connection, LocalConnection, S3Connection
+
+PENDING_SUFFIXES = (".csv", ".csv.gz")
+CHUNK = 8 * 1024 * 1024
+
+
+class LandingError(Exception):
+    """Storage could not be reached or used; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    key: str  # the full key (S3) or path relative to the connection root (local)
+    name: str
+    size: int
+    modified: datetime
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of this upload: a re-upload under the same name is a new file."""
+        return f"{self.key}|{self.size}|{self.modified.timestamp():.6f}"
+
+
+def is_pending_name(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith(PENDING_SUFFIXES) and not lower.endswith(".errors.csv")
+
+
+def stem(name: str) -> str:
+    lower = name.lower()
+    for suffix in (".csv.gz", ".csv"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _dated_name(name: str, attempt: int) -> str:
+    """users.csv -> users.20240501T101500Z.csv (and -2, -3 ... if that is taken too)."""
+    suffix = name[len(stem(name)) :]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    extra = f"-{attempt}" if attempt > 1 else ""
+    return f"{stem(name)}.{stamp}{extra}{suffix}"
+
+
+class LandingStore(Protocol):
+    """What inbound processing needs from a landing area."""
+
+    description: str
+
+    def list_pending(self, folder: str) -> list[LandingFile]: ...
+
+    def fetch(self, file: LandingFile, work_dir: Path) -> Path: ...
+
+    def read_head(self, file: LandingFile, size: int) -> bytes: ...
+
+    def move(self, file: LandingFile, subfolder: str) -> str: ...
+
+    def write_text(self, key: str, text: str) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def url(self, key: str) -> str: ...
+
+
+def _sorted(files: list[LandingFile]) -> list[LandingFile]:
+    """Oldest first, so a later file wins."""
+    return sorted(files, key=lambda f: (f.modified, f.key))
+
+
+def _destination(store: LandingStore, file: LandingFile, subfolder: str) -> str:
+    folder = posixpath.dirname(file.key)
+    target = posixpath.join(folder, subfolder, file.name)
+    attempt = 1
+    while store.exists(target):  # never overwrite an earlier file of the same name
+        target = posixpath.join(folder, subfolder, _dated_name(file.name, attempt))
+        attempt += 1
+    return target
+
+
+class LocalLandingStore:
+    """A folder on this machine."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = f"local folder {root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def url(self, key: str) -> str:
+        return str(self._path(key))
+
+    def list_pending(self, folder: str) -> list[LandingFile]:
+        directory = self._path(folder)
+        if not self.root.exists():
+            raise LandingError(
+                f"the folder {self.root} does not exist: create it or fix the connection's path"
+            )
+        if not directory.exists():
+            return []
+        files = []
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_file() and is_pending_name(entry.name):
+                    stat = entry.stat()
+                    files.append(
+                        LandingFile(
+                            key=posixpath.join(folder, entry.name),
+                            name=entry.name,
+                            size=stat.st_size,
+                            modified=datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc),
+                        )
+                    )
+        return _sorted(files)
+
+    def fetch(self, file: LandingFile, work_dir: Path) -> Path:
+        # DuckDB reads the file where it lies: no copy.
+        path = self._path(file.key)
+        if not path.exists():
+            raise FileNotFoundError(file.key)
+        return path
+
+    def read_head(self, file: LandingFile, size: int) -> bytes:
+        with open(self._path(file.key), "rb") as handle:
+            return handle.read(size)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def move(self, file: LandingFile, subfolder: str) -> str:
+        target = _destination(self, file, subfolder)
+        self._path(target).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._path(file.key), self._path(target))
+        return target
+
+    def write_text(self, key: str, text: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def s3_error_message(exc: Exception, bucket: str, action: str) -> str:
+    """A one-line explanation of an S3 failure with the fix, never with credentials."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return (
+            f"{action} s3://{bucket}: no AWS credentials found; set access_key_id/secret_access_key "
+            "on the connection (from ${ENV} variables) or configure the default AWS chain"
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return f"{action} s3://{bucket}: cannot reach the endpoint ({exc.kwargs.get('endpoint_url')}); check endpoint_url/region and the network"
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket", "404") and "bucket" in str(exc).lower() or code == "NoSuchBucket":
+            return f"{action} s3://{bucket}: the bucket does not exist; create it or fix `bucket` on the connection"
+        if code in ("AccessDenied", "403", "AllAccessDisabled"):
+            return f"{action} s3://{bucket}: access denied; grant s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the bucket to these credentials"
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
+            return f"{action} s3://{bucket}: the credentials were rejected ({code}); check access_key_id/secret_access_key"
+        return f"{action} s3://{bucket}: {code or 'error'}: {exc.response.get('Error', {}).get('Message', '')}"
+    return f"{action} s3://{bucket}: {type(exc).__name__}: {exc}"
+
+
+class S3LandingStore:
+    """A bucket prefix on S3 or an S3-compatible store."""
+
+    def __init__(self, client, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.description = f"s3://{bucket}/{self.prefix}"
+
+    def _key(self, key: str) -> str:
+        return posixpath.join(self.prefix, key) if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _call(self, action: str, fn, **kwargs):
+        try:
+            return fn(**kwargs)
+        except Exception as exc:  # botocore raises many kinds; each gets a clear message
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404") and action != "list":
+                raise FileNotFoundError(kwargs.get("Key")) from None
+            raise LandingError(s3_error_message(exc, self.bucket, action)) from None
+
+    def _list_level(self, folder: str) -> Iterator[dict]:
+        prefix = self._key(folder).rstrip("/") + "/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+        try:
+            for page in pages:
+                yield from page.get("Contents", [])
+        except Exception as exc:
+            raise LandingError(s3_error_message(exc, self.bucket, "cannot list")) from None
+
+    def list_pending(self, folder: str) -> list[LandingFile]:
+        files = []
+        for item in self._list_level(folder):
+            name = posixpath.basename(item["Key"])
+            if is_pending_name(name):
+                relative = item["Key"][len(self.prefix) + 1 :] if self.prefix else item["Key"]
+                files.append(LandingFile(relative, name, int(item["Size"]), item["LastModified"]))
+        return _sorted(files)
+
+    def fetch(self, file: LandingFile, work_dir: Path) -> Path:
+        from boto3.s3.transfer import TransferConfig
+
+        target = work_dir / file.name
+        config = TransferConfig(multipart_chunksize=CHUNK * 2, max_concurrency=4)
+        self._call(
+            "cannot download",
+            self.client.download_file,
+            Bucket=self.bucket,
+            Key=self._key(file.key),
+            Filename=str(target),
+            Config=config,
+        )
+        return target
+
+    def read_head(self, file: LandingFile, size: int) -> bytes:
+        response = self._call(
+            "cannot read", self.client.get_object, Bucket=self.bucket, Key=self._key(file.key), Range=f"bytes=0-{size - 1}"
+        )
+        return response["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise LandingError(s3_error_message(exc, self.bucket, "cannot read")) from None
+
+    def move(self, file: LandingFile, subfolder: str) -> str:
+        target = _destination(self, file, subfolder)
+        source = {"Bucket": self.bucket, "Key": self._key(file.key)}
+        # Managed copy: multipart copy for large objects; then delete the original.
+        self._call("cannot move", self.client.copy, CopySource=source, Bucket=self.bucket, Key=self._key(target))
+        self._call("cannot move", self.client.delete_object, Bucket=self.bucket, Key=self._key(file.key))
+        return target
+
+    def write_text(self, key: str, text: str) -> None:
+        self._call(
+            "cannot write",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=text.encode("utf-8"),
+            ContentType="text/csv; charset=utf-8",
+        )
+
+
+def s3_client(connection: S3Connection):
+    """A boto3 client for a connection, built through dagster-aws."""
+    from dagster_aws.s3 import S3Resource
+
+    resource = S3Resource(
+        region_name=connection.region,
+        endpoint_url=connection.endpoint_url,
+        aws_access_key_id=connection.access_key_id,
+        aws_secret_access_key=connection.secret_access_key.get_secret_value() if connection.secret_access_key else None,
+        aws_session_token=connection.session_token.get_secret_value() if connection.session_token else None,
+        max_attempts=5,
+    )
+    return resource.get_client()
+
+
+def landing_store(catalog: Catalog, connection: Connection) -> LandingStore:
+    if isinstance(connection, LocalConnection):
+        return LocalLandingStore(catalog.resolve_path(connection.path))
+    if isinstance(connection, S3Connection):
+        return S3LandingStore(s3_client(connection), connection.bucket, connection.prefix)
+    raise LandingError(f"connection {connection.name!r} ({connection.type}) does not hold inbound files")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remove_quietly(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
