@@ -811,15 +811,19 @@ def _azure_error(
     if not isinstance(exc, HttpResponseError):
         return SinkError(f"{what}: {type(exc).__name__}: {_scrub(str(exc.args[0]) if exc.args else '')}")
 
-    code = str(getattr(exc, "error_code", None) or "")
+    raw_code = getattr(exc, "error_code", None) or ""
+    code = str(getattr(raw_code, "value", raw_code))  # the SDK sometimes returns a StorageErrorCode enum
     status = getattr(exc, "status_code", None)
+    reason = str(getattr(exc, "message", None) or getattr(exc, "reason", None) or "")
     if code == "ContainerNotFound":
         return SinkError(
             f"{what}: container '{container}' does not exist in {account}; create it or fix `container` "
             "in the destination settings.",
             code=code,
         )
-    if code in _AZ_AUTH_FAILED:
+    # Azurite reports a bad signature as AuthorizationFailure with this text.
+    bad_signature = code in _AZ_FORBIDDEN and "failed to authenticate" in reason.lower()
+    if code in _AZ_AUTH_FAILED or bad_signature:
         return SinkError(
             f"{what}: Azure rejected the credentials for {account}; check the account key / SAS token in the "
             "connection string or `credential` (wrong key, expired SAS, or clock skew).",
@@ -835,7 +839,7 @@ def _azure_error(
         return SinkError(
             f"{what}: the storage account {account} is disabled; re-enable it in Azure.", code=code
         )
-    message = _scrub(str(getattr(exc, "reason", "") or ""))
+    message = _scrub(reason.splitlines()[0] if reason else "")
     hint = "retry later" if status is not None and status >= 500 else "see the Azure error code"
     return SinkError(
         f"{what}: Azure returned {code or 'an error'} (HTTP {status}) {message}; {hint}.", code=code or None

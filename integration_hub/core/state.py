@@ -1,0 +1,113 @@
+"""The Dagster instance and each integration's enabled state.
+
+An integration is enabled when its sensor/schedule run. The state lives in the Dagster
+instance, so `integration-hub enable/disable` and the toggles in the Dagster UI are one and
+the same switch; the catalog's `enabled:` is the default until someone flips it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .catalog import ApiIntegration, Catalog, CsvIntegration, Integration
+
+LOCATION_NAME = "integration_hub"
+REPOSITORY_NAME = "__repository__"
+DEFINITIONS_MODULE = "integration_hub.definitions"
+
+DAGSTER_YAML = """\
+# Written by integration-hub. Only one run writes the DuckDB warehouse at a time:
+# every asset that writes it is in the `duckdb_writer` pool, limited to 1 run.
+concurrency:
+  pools:
+    granularity: run
+    default_limit: 1
+  runs:
+    max_concurrent_runs: 4
+telemetry:
+  enabled: false
+"""
+
+
+def sensor_name(integration: Integration) -> str | None:
+    return f"{integration.name}_sensor" if isinstance(integration, CsvIntegration | ApiIntegration) else None
+
+
+def schedule_name(integration: Integration) -> str | None:
+    return f"{integration.name}_schedule" if getattr(integration, "schedule", None) else None
+
+
+def job_name(integration: Integration) -> str:
+    return f"{integration.name}_job"
+
+
+def ensure_dagster_home(catalog: Catalog | None = None) -> Path:
+    """$DAGSTER_HOME, else `.dagster_home` beside the catalog; with our dagster.yaml in it."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Path(catalog.base_dir if catalog else ".") / ".dagster_home")
+    home = home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+@contextmanager
+def dagster_instance(catalog: Catalog | None = None) -> Iterator[object]:
+    from dagster import DagsterInstance
+
+    ensure_dagster_home(catalog)
+    with DagsterInstance.get() as instance:
+        yield instance
+
+
+def _selector_id(name: str) -> str:
+    from dagster._core.definitions.selector import InstigatorSelector
+
+    return InstigatorSelector(LOCATION_NAME, REPOSITORY_NAME, name).get_id()
+
+
+def is_enabled(instance, integration: Integration) -> bool:
+    """The effective state: what was toggled last, else the catalog's default."""
+    from dagster._core.scheduler.instigation import InstigatorStatus
+
+    for name in (sensor_name(integration), schedule_name(integration)):
+        if not name:
+            continue
+        state = instance.schedule_storage.get_instigator_state(name, _selector_id(name))
+        if state is not None and state.status in (InstigatorStatus.RUNNING, InstigatorStatus.STOPPED):
+            return state.status == InstigatorStatus.RUNNING
+    return integration.enabled
+
+
+def set_enabled(instance, integration: Integration, enabled: bool) -> list[str]:
+    """Start or stop the integration's sensor and schedule, as the UI toggles do."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    origin = InProcessCodeLocationOrigin(
+        loadable_target_origin=LoadableTargetOrigin(module_name=DEFINITIONS_MODULE, working_directory=os.getcwd()),
+        location_name=LOCATION_NAME,
+    )
+    changed = []
+    with origin.create_location(instance) as location:
+        repository = location.get_repository(REPOSITORY_NAME)
+        name = sensor_name(integration)
+        if name and repository.has_sensor(name):
+            sensor = repository.get_sensor(name)
+            instance.start_sensor(sensor) if enabled else instance.stop_sensor(
+                sensor.get_remote_origin_id(), sensor.selector_id, sensor
+            )
+            changed.append(name)
+        name = schedule_name(integration)
+        if name and repository.has_schedule(name):
+            schedule = repository.get_schedule(name)
+            instance.start_schedule(schedule) if enabled else instance.stop_schedule(
+                schedule.get_remote_origin_id(), schedule.selector_id, schedule
+            )
+            changed.append(name)
+    return changed

@@ -1,0 +1,30 @@
+"""The Dagster code location: every catalog entry becomes its assets, sensor, schedule and checks.
+
+This module only wires. Reading the catalog is all that happens at load time: no DuckDB,
+no listing of folders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dagster as dg
+
+from .core.assets import RESOURCE_KEY, build_user_profiles, warehouse_resource
+from .core.catalog import Catalog, load_catalog
+from .inbound_csv.factory import build_csv_integration
+
+FACTORIES: dict[str, Callable[[Catalog, object], dg.Definitions]] = {
+    "s3_csv": build_csv_integration,
+}
+
+
+def build_definitions(catalog: Catalog) -> dg.Definitions:
+    parts = [FACTORIES[i.type](catalog, i) for i in catalog.integrations if i.type in FACTORIES]
+    core = dg.Definitions(assets=[build_user_profiles(catalog)], resources={RESOURCE_KEY: warehouse_resource(catalog)})
+    return dg.Definitions.merge(core, *parts)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_catalog())

@@ -1,0 +1,146 @@
+"""One inbound CSV integration as Dagster definitions: assets, checks, job, sensor, schedule."""
+
+
+import hashlib
+import json
+
+import dagster as dg
+
+from ..core.assets import (
+    TAG_INTEGRATION,
+    TAG_TRIGGER,
+    USER_PROFILES_KEY,
+    WRITER_POOL,
+    attribute_check_specs,
+    attribute_checks,
+    attributes_key,
+    run_metadata,
+    schedule_status,
+    sensor_status,
+)
+from ..core.catalog import Catalog, CsvIntegration, S3Connection
+from ..core.landing import landing_store
+from ..core.state import job_name, schedule_name, sensor_name
+from ..core.warehouse import WarehouseResource, ensure_schema
+from .processing import process_file
+
+
+class LandedFilesConfig(dg.Config):
+    """Which landed files a run processes: the sensor names them; empty means all pending."""
+
+    files: list[str] = []
+
+
+def _run_config(asset_key: dg.AssetKey, files: list[str]) -> dict:
+    return {"ops": {asset_key.to_python_identifier(): {"config": {"files": files}}}}
+
+
+def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.Definitions:
+    name = integration.name
+    connection = catalog.connection(integration.connection)
+    on_s3 = isinstance(connection, S3Connection)
+    location = (
+        f"s3://{connection.bucket}/{'/'.join(p for p in (connection.prefix, integration.folder) if p)}/"
+        if on_s3
+        else f"{catalog.resolve_path(connection.path) / integration.folder}/"  # type: ignore[union-attr]
+    )
+    files_key = dg.AssetKey(f"{name}_files")
+    table_key = attributes_key(name)
+
+    files = dg.AssetSpec(
+        files_key,
+        group_name=name,
+        kinds={"s3" if on_s3 else "file", "csv"},
+        description=f"CSV files landed in {location} (processed ones move to success/ and failed/).",
+    )
+
+    @dg.asset(
+        key=table_key,
+        deps=[files_key],
+        group_name=name,
+        kinds={"duckdb", "csv"},
+        pool=WRITER_POOL,
+        check_specs=attribute_check_specs(integration),
+        description=(
+            f"Attributes of `{name}`: one row per user_id from the CSV files in {location}, "
+            f"typed per the catalog mapping ({len(integration.properties)} properties)."
+        ),
+        tags={TAG_INTEGRATION: name},
+    )
+    def attributes(
+        context: dg.AssetExecutionContext, config: LandedFilesConfig, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        store = landing_store(catalog, connection)
+        pending = store.list_pending(integration.folder)
+        if config.files:
+            wanted = set(config.files)
+            pending = [f for f in pending if f.key in wanted]
+        context.log.info(f"{len(pending)} file(s) to process in {location}")
+        runs = []
+        with warehouse.get_connection() as con:
+            ensure_schema(con, catalog)
+            for number, file in enumerate(pending, start=1):
+                context.log.info(f"[{number}/{len(pending)}] {file.key} ({file.size:,} bytes)")
+                run = process_file(con, store, integration, file, context.run_id)
+                if run is not None:
+                    context.log.info(run.summary())
+                    runs.append(run)
+            metadata = run_metadata(con, integration, runs)
+            checks = attribute_checks(con, integration, runs)
+        return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+    job = dg.define_asset_job(
+        job_name(integration),
+        selection=dg.AssetSelection.assets(table_key, USER_PROFILES_KEY),
+        executor_def=dg.in_process_executor,
+        tags={TAG_INTEGRATION: name},
+        description=f"Process the pending CSV files of {name} and refresh user_profiles.",
+    )
+
+    @dg.sensor(
+        name=sensor_name(integration),
+        job=job,
+        minimum_interval_seconds=integration.sensor_interval_seconds,
+        default_status=sensor_status(integration),
+        description=f"Starts a run when new CSV files land in {location}.",
+    )
+    def files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        pending = landing_store(catalog, connection).list_pending(integration.folder)
+        # The cursor holds only fingerprints of files still pending, so it stays small.
+        seen = set(json.loads(context.cursor)) if context.cursor else set()
+        current = {f.fingerprint: f for f in pending}
+        new = [f for fp, f in current.items() if _short(fp) not in seen]
+        cursor = json.dumps(sorted(_short(fp) for fp in current))
+        if not new:
+            return dg.SensorResult(skip_reason=dg.SkipReason(f"no new files in {location}"), cursor=cursor)
+        run_key = hashlib.sha256("\n".join(sorted(f.fingerprint for f in new)).encode()).hexdigest()[:32]
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=run_key,
+                    run_config=_run_config(table_key, [f.key for f in new]),
+                    tags={TAG_TRIGGER: "sensor"},
+                )
+            ],
+            cursor=cursor,
+        )
+
+    @dg.schedule(
+        name=schedule_name(integration),
+        job=job,
+        cron_schedule=integration.schedule,
+        execution_timezone="UTC",
+        default_status=schedule_status(integration),
+        description=f"Processes whatever is pending in {location} on the sync interval.",
+    )
+    def files_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        pending = landing_store(catalog, connection).list_pending(integration.folder)
+        if not pending:
+            return dg.SkipReason(f"no pending files in {location}")
+        return dg.RunRequest(run_config=_run_config(table_key, []), tags={TAG_TRIGGER: "schedule"})
+
+    return dg.Definitions(assets=[files, attributes], jobs=[job], sensors=[files_sensor], schedules=[files_schedule])
+
+
+def _short(fingerprint: str) -> str:
+    return hashlib.sha256(fingerprint.encode()).hexdigest()[:16]

@@ -1,0 +1,217 @@
+"""Processing landed CSV files: validate, apply, then move to success/ or failed/.
+
+The database commit comes first and the move second: if the process dies in between, the
+file is still pending, and processing it again finds its sha256 already applied, records it
+as skipped and moves it. A failed file is moved to failed/ with a `<name>.errors.csv`
+beside it that explains why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import duckdb
+
+from ..core.catalog import CsvIntegration
+from ..core.ingest import RunRecord, apply_source, now_utc, record_failure, record_run
+from ..core.landing import LandingFile, LandingStore, sha256_of, stem
+from ..core.sql import literal
+from ..core.warehouse import ensure_bookkeeping
+from .reader import CsvFileError, csv_source_sql, explain_read_error, inspect_csv, needs_serial_scan
+
+log = logging.getLogger(__name__)
+ERROR_COLUMNS = ("row_number", "user_id", "column_name", "value", "reason")
+
+
+class DuplicateFile(Exception):
+    """This exact content was already applied for the integration."""
+
+    def __init__(self, earlier_run: str) -> None:
+        self.earlier_run = earlier_run
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _record_file(con: duckdb.DuckDBPyConnection, run: RunRecord, file: LandingFile, sha256: str | None) -> None:
+    con.execute(
+        "INSERT INTO processed_files (integration, key, sha256, size_bytes, status, run_id, processed_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [run.integration, file.key, sha256, file.size, run.status, run.run_id, now_utc()],
+    )
+
+
+def _applied_before(con: duckdb.DuckDBPyConnection, integration: str, sha256: str) -> str | None:
+    row = con.execute(
+        "SELECT run_id FROM processed_files WHERE integration = ? AND sha256 = ? "
+        "AND status IN ('success', 'partial') ORDER BY processed_at LIMIT 1",
+        [integration, sha256],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _errors_csv(con: duckdb.DuckDBPyConnection, run: RunRecord, work_dir: Path) -> Path | None:
+    """The rejected rows of a run (or the file-level reason) as a CSV file."""
+    target = work_dir / "errors.csv"
+    if run.rows_rejected:
+        con.execute(
+            f"COPY (SELECT row_number, user_id, column_name, value, reason FROM rejected_rows "
+            f"WHERE run_id = {literal(run.run_id)} ORDER BY row_number, column_name) "
+            f"TO {literal(str(target))} (HEADER, DELIMITER ',')"
+        )
+        if run.status == "failed" and run.message:
+            with open(target, "a", newline="", encoding="utf-8") as handle:
+                csv.writer(handle).writerow(["", "", "", "", run.message])
+        return target
+    if run.status == "failed":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(ERROR_COLUMNS)
+        writer.writerow(["", "", "", "", run.message])
+        target.write_text(buffer.getvalue(), encoding="utf-8")
+        return target
+    return None
+
+
+def _finish(
+    con: duckdb.DuckDBPyConnection, store: LandingStore, file: LandingFile, run: RunRecord, work_dir: Path
+) -> str:
+    """Move the file out of the pending folder and put the errors file beside it."""
+    subfolder = "failed" if run.status == "failed" else "success"
+    moved_to = store.move(file, subfolder)
+    errors = _errors_csv(con, run, work_dir)
+    if errors is not None:
+        errors_key = posixpath.join(posixpath.dirname(moved_to), f"{stem(posixpath.basename(moved_to))}.errors.csv")
+        store.write_text(errors_key, errors.read_text(encoding="utf-8"))
+    con.execute(
+        "UPDATE processed_files SET moved_to = ? WHERE run_id = ? AND key = ?", [moved_to, run.run_id, file.key]
+    )
+    return moved_to
+
+
+def _fail(con: duckdb.DuckDBPyConnection, run: RunRecord, file: LandingFile, message: str, sha256: str | None) -> None:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        record_failure(con, run, message)
+        _record_file(con, run, file, sha256)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def process_file(
+    con: duckdb.DuckDBPyConnection,
+    store: LandingStore,
+    integration: CsvIntegration,
+    file: LandingFile,
+    dagster_run_id: str | None = None,
+) -> RunRecord | None:
+    """Validate and apply one landed file; None if it vanished (another run took it)."""
+    ensure_bookkeeping(con)
+    run = RunRecord(
+        run_id=new_run_id(),
+        integration=integration.name,
+        kind="csv",
+        source=store.url(file.key),
+        started_at=now_utc(),
+        dagster_run_id=dagster_run_id,
+        details={"key": file.key, "size_bytes": file.size},
+    )
+    with tempfile.TemporaryDirectory(prefix="integration-hub-") as tmp:
+        work_dir = Path(tmp)
+        if file.size > integration.max_file_bytes:
+            _fail(
+                con,
+                run,
+                file,
+                f"the file is {_human_bytes(file.size)}, over the limit of {_human_bytes(integration.max_file_bytes)} "
+                "(max_file_bytes): split it into smaller files or raise max_file_bytes",
+                None,
+            )
+            run.details["moved_to"] = _finish(con, store, file, run, work_dir)
+            return run
+        if file.size == 0:
+            _fail(con, run, file, "the file is empty (0 bytes): export it again with a header row and data rows", None)
+            run.details["moved_to"] = _finish(con, store, file, run, work_dir)
+            return run
+        try:
+            path = store.fetch(file, work_dir)
+        except FileNotFoundError:
+            log.info("%s is gone: another run processed it", file.key)
+            return None
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # Hashing overlaps DuckDB's work; it is needed only before the commit.
+            digest: Future[str] = pool.submit(sha256_of, path)
+            run = _apply_file(con, integration, file, path, run, digest)
+        run.details["moved_to"] = _finish(con, store, file, run, work_dir)
+    return run
+
+
+def _apply_file(
+    con: duckdb.DuckDBPyConnection,
+    integration: CsvIntegration,
+    file: LandingFile,
+    path: Path,
+    run: RunRecord,
+    digest: Future[str],
+) -> RunRecord:
+    def before_commit(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+        sha256 = digest.result()
+        earlier = _applied_before(con, integration.name, sha256)
+        if earlier is not None:
+            raise DuplicateFile(earlier)
+        _record_file(con, run, file, sha256)
+
+    try:
+        shape = inspect_csv(con, path, integration)
+    except CsvFileError as exc:
+        _fail(con, run, file, str(exc), digest.result())
+        return run
+
+    attempt: Callable[[bool], RunRecord] = lambda parallel: apply_source(  # noqa: E731
+        con,
+        integration,
+        csv_source_sql(path, integration, shape, parallel),
+        run,
+        max_rejected_ratio=integration.max_rejected_ratio,
+        row_offset=1,  # the header is row 1, as a spreadsheet shows it
+        before_commit=before_commit,
+    )
+    try:
+        try:
+            return attempt(True)
+        except duckdb.Error as exc:
+            if not needs_serial_scan(exc):
+                raise
+            return attempt(False)
+    except DuplicateFile as duplicate:
+        run.status, run.rows_applied = "skipped", 0
+        run.message = f"identical content was already applied by run {duplicate.earlier_run}: not applied twice"
+        con.execute("BEGIN TRANSACTION")
+        record_run(con, run)
+        _record_file(con, run, file, digest.result())
+        con.execute("COMMIT")
+        return run
+    except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+        # Problems in the file's body that DuckDB's reader finds while scanning it.
+        _fail(con, run, file, explain_read_error(exc, integration), digest.result())
+        return run
