@@ -8,8 +8,8 @@ block exits cleanly:
 
 * S3: a single ``PutObject`` for files smaller than one part, otherwise a
   multipart upload that is completed at the end or aborted on error.
-* Azure: a single ``Put Blob`` for small files, otherwise ``Put Block`` per
-  part and ``Put Block List`` at the end. On error nothing is committed; the
+* Azure: ``Put Block`` per part and ``Put Block List`` at the end (also for
+  small files: one block, one commit). On error nothing is committed; the
   service garbage-collects uncommitted blocks after 7 days.
 
 Every error that is the service's (or the configuration's) fault is raised as
@@ -198,7 +198,7 @@ class _StreamingWriter(ABC, Generic[PartT]):
         self._bytes_written += len(view)
         while len(view):
             # Flush only when more data arrives for a full buffer, so a file of
-            # exactly one part still goes out as a single PutObject/Put Blob.
+            # exactly one part still goes out as a single PutObject.
             if len(self._buf) >= self._part_size:
                 self._flush_part()
             room = self._part_size - len(self._buf)
@@ -887,16 +887,11 @@ class _AzureWriter(_StreamingWriter[str]):
             raise self._sink._error(exc, "write", self._name, "create/write (c,w)") from exc
 
     def _put_single(self, data: bytes) -> None:
-        # overwrite=False makes the SDK send If-None-Match: *.
-        self._final(
-            lambda: self._blob.upload_blob(
-                data,
-                blob_type="BlockBlob",
-                length=len(data),
-                overwrite=self._overwrite,
-                content_settings=self._content_settings,
-            )
-        )
+        # Stage + commit even for small files instead of one Put Blob: Azurite treats
+        # leftover uncommitted blocks (from an earlier failed attempt) as an existing
+        # blob for Put Blob's If-None-Match, but not for Put Block List's.
+        blocks = [self._upload_part(1, data)] if data else []
+        self._complete(blocks)
 
     def _begin_multipart(self) -> None:
         pass  # block blobs need no "create" call; blocks are staged against the name
