@@ -13,6 +13,7 @@ import dagster as dg
 from .core.assets import RESOURCE_KEY, build_user_profiles, warehouse_resource
 from .core.catalog import Catalog, load_catalog
 from .inbound_csv.factory import build_csv_integration
+from .reports.factory import build_reports
 
 FACTORIES: dict[str, Callable[[Catalog, object], dg.Definitions]] = {
     "s3_csv": build_csv_integration,
@@ -22,7 +23,7 @@ FACTORIES: dict[str, Callable[[Catalog, object], dg.Definitions]] = {
 def build_definitions(catalog: Catalog) -> dg.Definitions:
     parts = [FACTORIES[i.type](catalog, i) for i in catalog.integrations if i.type in FACTORIES]
     core = dg.Definitions(assets=[build_user_profiles(catalog)], resources={RESOURCE_KEY: warehouse_resource(catalog)})
-    return dg.Definitions.merge(core, *parts)
+    return dg.Definitions.merge(core, build_reports(catalog), *parts)
 
 
 @dg.definitions

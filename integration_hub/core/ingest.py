@@ -220,7 +220,7 @@ def apply_source(
             run.rows_applied = int(applied[0]) if applied else valid_rows
             run.status = "partial" if rows_rejected else "success"
             if rows_rejected:
-                run.message = f"{rows_rejected} rows rejected (see rejected_rows)"
+                run.message = f"{rows_rejected} row{'s' if rows_rejected != 1 else ''} rejected (see rejected_rows)"
         if before_commit is not None:
             before_commit(con, run)
         record_run(con, run)
@@ -238,10 +238,10 @@ def apply_source(
 
 
 def table_preview(con: duckdb.DuckDBPyConnection, table: str, limit: int = PREVIEW_ROWS) -> str:
-    """A small markdown preview of a table for Dagster metadata."""
-    result = con.execute(f"SELECT * FROM {ident(table)} ORDER BY _updated_at DESC NULLS LAST LIMIT {int(limit)}")
-    columns = [d[0] for d in result.description]
-    rows = result.fetchall()
+    """A small markdown preview of a table for Dagster metadata (latest updates first)."""
+    columns = [d[0] for d in con.execute(f"DESCRIBE {ident(table)}").fetchall()]
+    order = "ORDER BY _updated_at DESC NULLS LAST" if "_updated_at" in columns else ""
+    rows = con.execute(f"SELECT * FROM {ident(table)} {order} LIMIT {int(limit)}").fetchall()
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |")

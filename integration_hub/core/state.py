@@ -68,7 +68,7 @@ def dagster_instance(catalog: Catalog | None = None) -> Iterator[object]:
 def _selector_id(name: str) -> str:
     from dagster._core.definitions.selector import InstigatorSelector
 
-    return InstigatorSelector(LOCATION_NAME, REPOSITORY_NAME, name).get_id()
+    return InstigatorSelector(location_name=LOCATION_NAME, repository_name=REPOSITORY_NAME, name=name).get_id()
 
 
 def is_enabled(instance, integration: Integration) -> bool:

@@ -157,13 +157,13 @@ class _StreamingWriter(ABC, Generic[PartT]):
     def _check_target(self) -> None: ...
 
     @abstractmethod
-    def _put_single(self, data: bytes) -> None: ...
+    def _put_single(self, data: bytes | bytearray) -> None: ...
 
     @abstractmethod
     def _begin_multipart(self) -> None: ...
 
     @abstractmethod
-    def _upload_part(self, number: int, data: bytes) -> PartT: ...
+    def _upload_part(self, number: int, data: bytes | bytearray) -> PartT: ...
 
     @abstractmethod
     def _complete(self, parts: list[PartT]) -> None: ...
@@ -243,7 +243,8 @@ class _StreamingWriter(ABC, Generic[PartT]):
         # Wait for the previous part first: one part in flight, one buffered.
         self._collect_inflight()
         self._part_count += 1
-        data, self._buf = bytes(self._buf), bytearray()
+        # Hand the buffer itself to the upload (no copy) and start a fresh one.
+        data, self._buf = self._buf, bytearray()
         assert self._pool is not None
         self._inflight = self._pool.submit(self._upload_part, self._part_count, data)
 
@@ -254,7 +255,7 @@ class _StreamingWriter(ABC, Generic[PartT]):
 
     def _finish(self) -> None:
         if not self._multipart:
-            self._put_single(bytes(self._buf))
+            self._put_single(self._buf)
             return
         if self._buf:
             self._flush_part()
@@ -369,17 +370,21 @@ class S3Sink:
         return _strip_query(str(self.client.meta.endpoint_url))
 
     def _exists_full(self, full_key: str) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.head_object(Bucket=self.bucket, Key=full_key)
         except ClientError as exc:
             if _s3_code(exc) in _S3_NOT_FOUND:
                 return False
+            # Without s3:ListBucket, S3 answers 403 (not 404) for a missing key.
             raise self._error(
-                exc, "check whether an object exists at", full_key, "s3:GetObject and s3:ListBucket"
+                exc,
+                "check whether an object exists at",
+                full_key,
+                "s3:GetObject and s3:ListBucket (needed unless `overwrite: true`)",
             ) from exc
-        except Exception as exc:
+        except BotoCoreError as exc:
             raise self._error(exc, "check whether an object exists at", full_key, "s3:GetObject") from exc
         return True
 
@@ -578,7 +583,7 @@ class _S3Writer(_StreamingWriter[dict[str, Any]]):
         if not self._overwrite and self._sink._exists_full(self._key):
             raise FileExistsError(_exists_message(self._url))
 
-    def _put_single(self, data: bytes) -> None:
+    def _put_single(self, data: bytes | bytearray) -> None:
         self._sink._conditional_call(
             "put_object",
             self._key,
@@ -602,7 +607,7 @@ class _S3Writer(_StreamingWriter[dict[str, Any]]):
         )
         self._upload_id = resp["UploadId"]
 
-    def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
+    def _upload_part(self, number: int, data: bytes | bytearray) -> dict[str, Any]:
         resp = self._sink._call(
             "upload_part",
             f"upload part {number} of",
@@ -815,6 +820,13 @@ def _azure_error(
     code = str(getattr(raw_code, "value", raw_code))  # the SDK sometimes returns a StorageErrorCode enum
     status = getattr(exc, "status_code", None)
     reason = str(getattr(exc, "message", None) or getattr(exc, "reason", None) or "")
+    if status is None and type(exc).__name__ == "AzureSigningError":
+        # Raised before sending anything, e.g. the account key is not valid base64.
+        return SinkError(
+            f"{what}: the Azure account key cannot be used to sign requests; copy the base64 access key "
+            "from the storage account's 'Access keys' page into the connection string or `credential`.",
+            code="InvalidAccountKey",
+        )
     if code == "ContainerNotFound":
         return SinkError(
             f"{what}: container '{container}' does not exist in {account}; create it or fix `container` "
@@ -886,7 +898,7 @@ class _AzureWriter(_StreamingWriter[str]):
                 raise FileExistsError(_exists_message(self._url)) from exc
             raise self._sink._error(exc, "write", self._name, "create/write (c,w)") from exc
 
-    def _put_single(self, data: bytes) -> None:
+    def _put_single(self, data: bytes | bytearray) -> None:
         # Stage + commit even for small files instead of one Put Blob: Azurite treats
         # leftover uncommitted blocks (from an earlier failed attempt) as an existing
         # blob for Put Blob's If-None-Match, but not for Put Block List's.
@@ -896,7 +908,7 @@ class _AzureWriter(_StreamingWriter[str]):
     def _begin_multipart(self) -> None:
         pass  # block blobs need no "create" call; blocks are staged against the name
 
-    def _upload_part(self, number: int, data: bytes) -> str:
+    def _upload_part(self, number: int, data: bytes | bytearray) -> str:
         block_id = f"{self._block_prefix}-{number:06d}"
         self._sink._call(
             lambda: self._blob.stage_block(block_id, data, length=len(data)),

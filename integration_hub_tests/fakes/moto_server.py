@@ -82,13 +82,21 @@ class MotoServer:
         moto's server is in-process, so this flips a process-wide moto setting;
         the previous value is restored on exit.
         """
-        previous = json.loads(self._post("/moto-api/reset-auth", b"0"))["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
+        previous = json.loads(self._post("/moto-api/reset-auth", b"0"))[
+            "PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"
+        ]
         try:
             yield
         finally:
             self._post("/moto-api/reset-auth", str(previous).encode())
 
     def _post(self, path: str, body: bytes) -> bytes:
-        request = urllib.request.Request(f"{self.endpoint_url}{path}", data=body, method="POST")
+        # Not form-encoded (urllib's default), or Flask swallows the body into request.form.
+        request = urllib.request.Request(
+            f"{self.endpoint_url}{path}",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/octet-stream"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return bytes(response.read())

@@ -1,0 +1,138 @@
+"""`integration-hub`: the command line of the Data Integration Center."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import sys
+from collections.abc import Sequence
+
+from ..core.catalog import CatalogError
+from .output import CommandError, print_json
+
+DESCRIPTION = """\
+integration_hub moves per-user attributes between your systems and one DuckDB attribute store.
+The catalog is --catalog, else $INTEGRATION_HUB_CATALOG, else ./integrations.yaml.
+"""
+
+# Kinds that add their own subcommands: module with `register(subparsers)`.
+EXTENSIONS = ("integration_hub.api.cli", "integration_hub.salesforce.cli")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .hooks import hook
+    from .management import catalog_from, find_integration
+
+    catalog = catalog_from(args)
+    print(
+        f"catalog ok: {len(catalog.connections)} connections, {len(catalog.integrations)} integrations, "
+        f"{len(catalog.reports)} reports"
+    )
+    integrations = [find_integration(catalog, args.name)] if args.name else catalog.integrations
+    outcomes = []
+    for integration in integrations:
+        check = hook("check", integration, default=None)
+        if check is None:
+            continue
+        outcomes += check(catalog, integration)
+    if args.json:
+        print_json([o.__dict__ for o in outcomes])
+    else:
+        for outcome in outcomes:
+            print(f"{'ok  ' if outcome.ok else 'FAIL'} {outcome.name}: {outcome.message}")
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    catalog_help = "the catalog file (default: $INTEGRATION_HUB_CATALOG or ./integrations.yaml)"
+    parser = argparse.ArgumentParser(prog="integration-hub", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--catalog", metavar="PATH", help=catalog_help)
+    # Also accepted after the command; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--catalog", metavar="PATH", default=argparse.SUPPRESS, help=catalog_help)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str, func_path: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help, description=help, parents=[common])
+        command.set_defaults(func_path=func_path)
+        return command
+
+    p = add("integrations", "The management table: every integration with its source, schedule, last run and state.",
+            "integration_hub.cli.management:cmd_integrations")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p = add("enable", "Enable an integration: start its sensor and schedule (the same switch as the Dagster UI).",
+            "integration_hub.cli.management:cmd_enable")
+    p.add_argument("name", help="the integration's name")
+    p = add("disable", "Disable an integration: stop its sensor and schedule (the same switch as the Dagster UI).",
+            "integration_hub.cli.management:cmd_disable")
+    p.add_argument("name", help="the integration's name")
+    p = add("run", "Run an integration now, recorded as a Dagster run; exits 1 if any file or record set failed.",
+            "integration_hub.cli.management:cmd_run")
+    p.add_argument("name", help="the integration's name")
+    p.add_argument("--dry-run", action="store_true", help="show what a run would do without changing anything")
+    p.add_argument("--full-resync", action="store_true", help="outbound: send every row, not only changed ones")
+    p = add("discover", "Data discovery: columns, inferred types, sample values and a ready YAML snippet.",
+            "integration_hub.cli.discovery:cmd_discover")
+    p.add_argument("connection", help="a connection name from the catalog")
+    p.add_argument("path", help="a file key (crm/users.csv) or a folder (crm: its newest file)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p = add("check", "Validate the catalog and test each connection for real, saying what failed and how to fix it.",
+            "integration_hub.cli.main:cmd_check")
+    p.add_argument("name", nargs="?", help="only this integration")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p = add("logs", "Run history of an integration, or the full log of one run.", "integration_hub.cli.management:cmd_logs")
+    p.add_argument("name", help="the integration's name")
+    p.add_argument("--run", metavar="RUN_ID", help="show this run in full (run id or Dagster run id)")
+    p.add_argument("--limit", type=int, default=50, help="how many runs to list (default 50)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p = add("demo", "Write a sample catalog and data, then start the Dagster UI (what `make demo` runs).",
+            "integration_hub.cli.demo:cmd_demo")
+    p.add_argument("--dir", default="demo", help="where to write the demo (default ./demo)")
+    p.add_argument("--port", type=int, default=3000, help="the Dagster UI port (default 3000)")
+    p.add_argument("--no-ui", action="store_true", help="only write the demo files")
+
+    for module in EXTENSIONS:
+        try:
+            extension = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue
+            raise
+        if len(inspect.signature(extension.register).parameters) >= 2:
+            extension.register(sub, common)
+        else:
+            extension.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if hasattr(args, "func"):
+            return int(args.func(args) or 0)
+        module, function = args.func_path.split(":")
+        return int(getattr(importlib.import_module(module), function)(args) or 0)
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # every failure ends in one line, not a traceback
+        from ..core.landing import LandingError
+        from ..core.warehouse import WarehouseBusyError
+
+        if isinstance(exc, LandingError | WarehouseBusyError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

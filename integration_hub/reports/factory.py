@@ -1,0 +1,82 @@
+"""Reports: named SQL over the warehouse, each materialized as a DuckDB table `report_<name>`.
+
+A report sits downstream of the attribute tables and user_profiles in the asset graph, so
+the lineage from a CSV file or API batch to a Salesforce field or exported file is visible.
+"""
+
+import re
+
+import dagster as dg
+import duckdb
+
+from ..core.assets import USER_PROFILES_KEY, WRITER_POOL, attributes_key
+from ..core.catalog import Catalog, Report
+from ..core.ingest import table_preview
+from ..core.sql import ident
+from ..core.warehouse import WarehouseResource, ensure_schema
+
+_READ_ONLY = re.compile(r"^\s*(\(\s*)*(select|with|from|values|table)\b", re.IGNORECASE)
+
+
+class ReportError(Exception):
+    """The report's SQL cannot run; the message names the report and the fix."""
+
+
+def report_table(name: str) -> str:
+    return f"report_{name}"
+
+
+def report_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(report_table(name))
+
+
+def validate_report_sql(report: Report) -> str:
+    sql = report.sql.strip().rstrip(";").strip()
+    if not _READ_ONLY.match(sql) or ";" in sql:
+        raise ReportError(
+            f"report {report.name!r}: the sql must be one SELECT (or WITH ... SELECT) statement; "
+            "remove other statements"
+        )
+    return sql
+
+
+def materialize_report(con: duckdb.DuckDBPyConnection, report: Report) -> int:
+    """(Re)build `report_<name>` from its SQL in one transaction; returns the row count."""
+    sql = validate_report_sql(report)
+    table = report_table(report.name)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS {sql}")
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        con.execute("ROLLBACK")
+        raise ReportError(f"report {report.name!r} failed: {str(exc).splitlines()[0]}; fix its sql in the catalog") from None
+    return con.execute(f"SELECT count(*) FROM {ident(table)}").fetchone()[0]
+
+
+def build_report(catalog: Catalog, report: Report) -> dg.AssetsDefinition:
+    upstream = [USER_PROFILES_KEY, *(attributes_key(i.name) for i in catalog.inbound)]
+
+    @dg.asset(
+        key=report_key(report.name),
+        deps=upstream,
+        group_name="reports",
+        kinds={"duckdb", "sql"},
+        pool=WRITER_POOL,
+        description=report.description or f"Report `{report.name}`:\n\n```sql\n{report.sql.strip()}\n```",
+    )
+    def report_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
+        with warehouse.get_connection() as con:
+            ensure_schema(con, catalog)
+            rows = materialize_report(con, report)
+            columns = [d[0] for d in con.execute(f"DESCRIBE {ident(report_table(report.name))}").fetchall()]
+            preview = table_preview(con, report_table(report.name))
+        return dg.MaterializeResult(
+            metadata={"dagster/row_count": rows, "columns": columns, "preview": dg.MetadataValue.md(preview)}
+        )
+
+    return report_asset
+
+
+def build_reports(catalog: Catalog) -> dg.Definitions:
+    return dg.Definitions(assets=[build_report(catalog, r) for r in catalog.reports])
