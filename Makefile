@@ -1,0 +1,38 @@
+# integration_hub: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+AZURITE := .tools/node_modules/.bin/azurite-blob
+
+.PHONY: install tools test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Azurite (the Azure Blob emulator) for the export tests, from the npm registry.
+tools: $(AZURITE)
+
+$(AZURITE):
+	npm install --no-audit --no-fund --loglevel=error --prefix .tools azurite@3
+
+test: $(STAMP) tools
+	$(BIN)/ruff check integration_hub integration_hub_tests benchmarks
+	$(BIN)/pytest
+
+demo: $(STAMP)
+	$(BIN)/integration-hub demo
+
+bench: $(STAMP) tools
+	$(BIN)/python benchmarks/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check integration_hub integration_hub_tests benchmarks
+
+clean:
+	rm -rf $(VENV) .tools demo .pytest_cache

@@ -1,0 +1,54 @@
+"""Shared fixtures: a catalog in a temp folder over a real landing area (local, moto, moto server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from integration_hub_tests.support import BUCKET, PREFIX, Landing
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dagster_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.delenv("INTEGRATION_HUB_CATALOG", raising=False)
+    monkeypatch.delenv("INTEGRATION_HUB_WAREHOUSE", raising=False)
+
+
+@pytest.fixture(params=["local", "s3_mock", "s3_server"])
+def landing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Landing]:
+    """The contract suite runs against every landing kind."""
+    kind = request.param
+    if kind == "local":
+        (tmp_path / "landing").mkdir()
+        yield Landing(kind, tmp_path, {"name": "landing", "type": "local", "path": str(tmp_path / "landing")})
+        return
+    connection = {"name": "landing", "type": "s3", "bucket": BUCKET, "prefix": PREFIX, "region": "us-east-1",
+                  "access_key_id": "testing", "secret_access_key": "testing"}
+    if kind == "s3_mock":
+        from moto import mock_aws
+
+        with mock_aws():
+            client = boto3.client("s3", region_name="us-east-1")
+            client.create_bucket(Bucket=BUCKET)
+            yield Landing(kind, tmp_path, connection, s3=client)
+        return
+    from integration_hub_tests.fakes.moto_server import MotoServer
+
+    with MotoServer() as server:
+        client = boto3.client("s3", region_name="us-east-1", endpoint_url=server.endpoint_url,
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.create_bucket(Bucket=BUCKET)
+        yield Landing(kind, tmp_path, {**connection, "endpoint_url": server.endpoint_url}, s3=client)
+
+
+@pytest.fixture
+def local_landing(tmp_path: Path) -> Landing:
+    (tmp_path / "landing").mkdir()
+    return Landing("local", tmp_path, {"name": "landing", "type": "local", "path": str(tmp_path / "landing")})
+
+
