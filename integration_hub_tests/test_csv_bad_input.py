@@ -1,0 +1,172 @@
+"""Bad input: each case gets a clear message, the file is kept and explained, nothing is lost."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from integration_hub_tests.support import CRM_INTEGRATION, Landing, query, run_job, runs_of
+
+HEADER = "email,Plan Tier,tickets,is_active,signup,last_login\n"
+
+
+def _catalog(landing: Landing):
+    from integration_hub.core.catalog import load_catalog
+
+    return load_catalog(landing.catalog_path)
+
+
+def process(landing: Landing, name: str, content: str | bytes, **integration) -> dict:
+    catalog = landing.write_catalog({**CRM_INTEGRATION, **integration})
+    landing.put(f"crm/{name}", content)
+    assert run_job(catalog, "crm").success
+    return runs_of(catalog)[-1]
+
+
+def failed_with(landing: Landing, run: dict, name: str, *phrases: str) -> None:
+    """The file failed with a message containing the phrases; it sits in failed/ with an explanation."""
+    assert run["status"] == "failed", run
+    for phrase in phrases:
+        assert phrase in run["message"], run["message"]
+    stem = name.split(".csv")[0]
+    assert f"failed/{name}" in landing.keys()
+    explanation = list(csv.DictReader(io.StringIO(landing.read(f"crm/failed/{stem}.errors.csv"))))
+    assert explanation[-1]["reason"] == run["message"]
+    assert query(_catalog(landing), "SELECT count(*) FROM attributes_crm")[0][0] == 0
+
+
+def test_empty_file(landing: Landing) -> None:
+    run = process(landing, "empty.csv", b"")
+    failed_with(landing, run, "empty.csv", "empty (0 bytes)", "export it again")
+
+
+def test_header_only(local_landing: Landing) -> None:
+    run = process(local_landing, "header.csv", HEADER)
+    failed_with(local_landing, run, "header.csv", "no data rows")
+
+
+def test_no_user_id_column(local_landing: Landing) -> None:
+    run = process(local_landing, "noid.csv", "mail,Plan Tier,tickets,is_active,signup,last_login\na@x.com,gold,1,yes,2024-01-01,\n")
+    failed_with(local_landing, run, "noid.csv", "missing user id column 'email'", "'mail'", "'Plan Tier'")
+
+
+def test_missing_mapped_columns_are_all_named(local_landing: Landing) -> None:
+    run = process(local_landing, "cols.csv", "email,Plan Tier,is_active\na@x.com,gold,yes\n")
+    failed_with(local_landing, run, "cols.csv", "'tickets'", "'signup'", "'last_login'", "the file has columns: 'email'")
+
+
+def test_header_case_and_spaces_still_match(local_landing: Landing) -> None:
+    run = process(local_landing, "case.csv", " EMAIL ,plan tier,Tickets,IS_ACTIVE,Signup,Last_Login\na@x.com,gold,1,yes,2024-01-01,\n")
+    assert run["status"] == "success"
+
+
+def test_wrong_delimiter_says_how_to_fix(local_landing: Landing) -> None:
+    content = "email|Plan Tier|tickets|is_active|signup|last_login\na@x.com|gold|1|yes|2024-01-01|\nb@x.com|silver|2|no|2024-01-01|\n"
+    run = process(local_landing, "pipes.csv", content, delimiter=",")
+    failed_with(local_landing, run, "pipes.csv", "delimiter")
+
+
+def test_semicolon_files_are_detected(local_landing: Landing) -> None:
+    content = "email;Plan Tier;tickets;is_active;signup;last_login\na@x.com;gold;1;yes;2024-01-01;\nb@x.com;silver;2;no;2024-01-01;\n"
+    run = process(local_landing, "semi.csv", content)
+    assert run["status"] == "success" and run["rows_applied"] == 2
+
+
+def test_utf8_bom(local_landing: Landing) -> None:
+    run = process(local_landing, "bom.csv", ("\ufeff" + HEADER + "a@x.com,gold,1,yes,2024-01-01,\n").encode("utf-8"))
+    assert run["status"] == "success"
+    assert query(_catalog(local_landing), "SELECT user_id FROM attributes_crm") == [("a@x.com",)]
+
+
+def test_quoted_newlines_and_ragged_rows_together(local_landing: Landing) -> None:
+    content = (
+        HEADER
+        + 'a@x.com,"gold\nplus",1,yes,2024-01-01,\n'  # a value with a newline inside quotes
+        + "b@x.com,silver,2\n"  # short row: missing trailing cells are blank
+        + "c@x.com,bronze,3,yes,2024-01-01,,EXTRA\n"  # too many cells: rejected
+        + "".join(f"u{n}@x.com,free,1,no,2024-01-01,\n" for n in range(20))
+    )
+    run = process(local_landing, "ragged.csv", content)
+    assert run["status"] == "partial" and run["rows_rejected"] == 1, run
+    catalog = _catalog(local_landing)
+    assert dict(query(catalog, "SELECT user_id, plan FROM attributes_crm"))["a@x.com"] == "gold\nplus"
+    assert query(catalog, "SELECT support_tickets, active FROM attributes_crm WHERE user_id = 'b@x.com'") == [(2.0, None)]
+    [(row_number, reason)] = query(catalog, "SELECT row_number, reason FROM rejected_rows")
+    assert row_number == 4 and "more cells than the header" in reason
+
+
+def test_ragged_rows_without_quoted_newlines(local_landing: Landing) -> None:
+    content = HEADER + "a@x.com,gold,1,yes,2024-01-01,,EXTRA,MORE\n" + "".join(
+        f"u{n}@x.com,free,1,no,2024-01-01,\n" for n in range(20)
+    )
+    run = process(local_landing, "ragged2.csv", content)
+    assert run["status"] == "partial" and run["rows_rejected"] == 1
+
+
+def test_bad_numbers_dates_and_booleans(local_landing: Landing) -> None:
+    rows = [
+        "n1@x.com,gold,1e3,TRUE,2024-02-29,2024-01-01T10:00:00+02:00",  # all valid (leap day, offset)
+        "n2@x.com,gold,1 000,true,2024-01-01,",  # thousands separator
+        "n3@x.com,gold,nan,true,2024-01-01,",  # not finite
+        "n4@x.com,gold,1,Y,2024-01-01,",  # Y is not a boolean we accept
+        "n5@x.com,gold,1,true,01/02/2024,",  # not ISO
+        "n6@x.com,gold,1,true,2024-01-01,2024-01-01T25:00:00",  # no such hour
+    ]
+    run = process(local_landing, "types.csv", HEADER + "\n".join(rows) + "\n", max_rejected_ratio=1.0)
+    assert (run["rows_applied"], run["rows_rejected"]) == (1, 5)
+    catalog = _catalog(local_landing)
+    values = dict(query(catalog, "SELECT value, reason FROM rejected_rows"))
+    assert set(values) == {"1 000", "nan", "Y", "01/02/2024", "2024-01-01T25:00:00"}
+    [(tickets, login)] = query(catalog, "SELECT support_tickets, CAST(last_login_at AS VARCHAR) FROM attributes_crm")
+    assert tickets == 1000.0 and login == "2024-01-01 08:00:00+00"
+
+
+def test_a_file_over_the_size_limit_fails_without_download(landing: Landing) -> None:
+    run = process(landing, "big.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\n" * 50, max_file_bytes=1000)
+    failed_with(landing, run, "big.csv", "over the limit", "max_file_bytes")
+    assert run["rows_read"] == 0
+
+
+def test_a_header_that_looks_like_sql_is_just_a_name(local_landing: Landing) -> None:
+    nasty = '"x""); DROP TABLE attributes_crm; --"'
+    integration = {
+        **CRM_INTEGRATION,
+        "properties": [{"column": 'x"); DROP TABLE attributes_crm; --', "name": "nasty", "type": "string"}],
+    }
+    catalog = local_landing.write_catalog(integration)
+    local_landing.put("crm/sql.csv", f"email,{nasty}\na@x.com,'; DELETE FROM integration_runs; --\n")
+    assert run_job(catalog, "crm").success
+    assert query(catalog, "SELECT nasty FROM attributes_crm") == [("'; DELETE FROM integration_runs; --",)]
+    assert len(runs_of(catalog)) == 1
+
+
+def test_a_missing_sql_looking_column_is_reported_verbatim(local_landing: Landing) -> None:
+    run = process(local_landing, "sql2.csv", 'email,"x""); DROP TABLE y; --"\na@x.com,1\n')
+    assert run["status"] == "failed" and "'x\"); DROP TABLE y; --'" in run["message"]
+
+
+def test_unicode_user_ids_and_values(landing: Landing) -> None:
+    content = HEADER + "zoë@exämple.com,ゴールド,1,yes,2024-01-01,\n" + "用户@例子.公司,🚀 rocket,2,no,2024-01-01,\n"
+    run = process(landing, "unicode.csv", content.encode("utf-8"))
+    assert run["status"] == "success"
+    assert dict(query(_catalog(landing), "SELECT user_id, plan FROM attributes_crm")) == {
+        "zoë@exämple.com": "ゴールド",
+        "用户@例子.公司": "🚀 rocket",
+    }
+
+
+def test_latin1_file_asks_for_the_encoding_then_reads_with_it(local_landing: Landing) -> None:
+    content = (HEADER + "rené@x.com,café,1,yes,2024-01-01,\n").encode("latin-1")
+    run = process(local_landing, "latin.csv", content)
+    failed_with(local_landing, run, "latin.csv", "encoding: latin-1")
+    run2 = process(local_landing, "latin2.csv", content, encoding="latin-1")
+    assert run2["status"] == "success"
+
+
+@pytest.mark.parametrize("ids", [["a@x.com", "a@x.com"], ["", "  "]])
+def test_all_rows_rejected_means_the_file_fails(local_landing: Landing, ids: list[str]) -> None:
+    content = HEADER + "".join(f"{i},gold,1,yes,2024-01-01,\n" for i in ids)
+    run = process(local_landing, "allbad.csv", content, max_rejected_ratio=1.0)
+    assert run["status"] == "failed" and "no valid row" in run["message"]
