@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -22,30 +20,28 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-# The tests directory is not a package yet; make `integration_hub_tests.fakes` importable
-# however pytest was launched (pytest does not put the repo root on sys.path by itself).
-_REPO_ROOT = str(Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
-
-from integration_hub.exports.sinks import AzureBlobSink, FileSink, S3Sink, SinkError  # noqa: E402
-from integration_hub_tests.fakes.azurite import (  # noqa: E402
+from integration_hub.exports.sinks import AzureBlobSink, FileSink, S3Sink, SinkError
+from integration_hub_tests.fakes.azurite import (
     ACCOUNT_KEY,
     ACCOUNT_NAME,
     AzuriteServer,
     connection_string,
     free_port,
 )
-from integration_hub_tests.fakes.moto_server import MotoServer  # noqa: E402
+from integration_hub_tests.fakes.moto_server import MotoServer
 
 MiB = 1024 * 1024
 BACKENDS = ["moto", "moto_server", "azurite"]
 
 
 @pytest.fixture(autouse=True)
-def _quiet_werkzeug() -> None:
+def _quiet_werkzeug() -> Iterator[None]:
     # The threaded moto server logs every request at INFO.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    werkzeug = logging.getLogger("werkzeug")
+    previous = werkzeug.level
+    werkzeug.setLevel(logging.WARNING)
+    yield
+    werkzeug.setLevel(previous)
 
 
 @pytest.fixture(scope="module")
