@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 
 PropertyType = Literal["string", "number", "boolean", "date", "datetime"]
 PROPERTY_TYPES: tuple[str, ...] = ("string", "number", "boolean", "date", "datetime")
@@ -300,6 +300,12 @@ class Catalog(_Model):
 # ---------------------------------------------------------------------------- loading
 
 
+_SECTIONS: dict[str, TypeAdapter[Any]] = {
+    "connections": TypeAdapter(Connection),
+    "integrations": TypeAdapter(Integration),
+    "reports": TypeAdapter(Report),
+}
+
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -372,11 +378,33 @@ def parse_catalog(raw: Any, base_dir: str | os.PathLike[str] = ".", path: Path |
     unset: list[_Unset] = []
     document = _interpolate(raw, "", unset)
     document["base_dir"] = str(base_dir)
+    problems: list[str] = []
+    # Each entry is validated on its own, so the cross-entry rules still see every valid entry
+    # and all problems are reported in one go.
+    valid: dict[str, list[Any]] = {}
+    invalid_names: set[str] = set()
+    for section, adapter in _SECTIONS.items():
+        entries = document.get(section) or []
+        if not isinstance(entries, list):
+            problems.append(f"field {section!r} must be a list of entries")
+            entries = []
+        valid[section] = []
+        for index, entry in enumerate(entries):
+            try:
+                valid[section].append(adapter.validate_python(entry))
+            except ValidationError as exc:
+                problems += _pydantic_problems(exc, document, unset, prefix=(section, index))
+                if isinstance(entry, dict) and "name" in entry:
+                    invalid_names.add(str(entry["name"]))
+    top = {k: v for k, v in document.items() if k not in _SECTIONS}
     try:
-        catalog = Catalog.model_validate(document)
+        catalog = Catalog.model_validate({**top, **valid})
     except ValidationError as exc:
-        raise CatalogError(_pydantic_problems(exc, document, unset), path) from None
-    problems = list(semantic_problems(catalog))
+        problems += _pydantic_problems(exc, document, unset)
+        catalog = Catalog.model_validate({"base_dir": str(base_dir), **valid})
+    problems += [
+        p for p in semantic_problems(catalog) if not any(f"unknown connection {n!r}" in p or f"unknown report {n!r}" in p for n in invalid_names)
+    ]
     if problems:
         raise CatalogError(problems, path)
     return catalog
@@ -397,14 +425,16 @@ def _describe_location(loc: Iterable[Any], document: dict[str, Any]) -> str:
     return f"field {field!r}" if field else "the catalog"
 
 
-def _pydantic_problems(exc: ValidationError, document: dict[str, Any], unset: list[_Unset]) -> list[str]:
+def _pydantic_problems(
+    exc: ValidationError, document: dict[str, Any], unset: list[_Unset], prefix: tuple[Any, ...] = ()
+) -> list[str]:
     problems = []
     for error in exc.errors():
-        where = _describe_location(error["loc"], document)
+        where = _describe_location((*prefix, *error["loc"]), document)
         message = error["msg"]
         hint = ""
         if error["type"] == "missing":
-            dotted = ".".join(str(p) for p in error["loc"])
+            dotted = ".".join(str(p) for p in (*prefix, *error["loc"]))
             env = [u.variable for u in unset if dotted.endswith(u.location.split(".")[-1])]
             hint = f": set the environment variable {env[0]}" if env else ": add it"
         elif error["type"] == "extra_forbidden":
