@@ -1,0 +1,127 @@
+"""Crashes, concurrent writers and schema changes never lose or double data."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from integration_hub.core.catalog import load_catalog
+from integration_hub.core.warehouse import WarehouseBusyError, open_writer, writer_lock
+from integration_hub_tests.support import CRM_INTEGRATION, Landing, query, run_job, runs_of
+
+HEADER = "email,Plan Tier,tickets,is_active,signup,last_login\n"
+
+
+def big_file(rows: int, plan: str) -> str:
+    return HEADER + "".join(f"user{n}@example.com,{plan},{n},yes,2024-01-01,2024-01-01T00:00:00Z\n" for n in range(rows))
+
+
+def writer_busy(database: Path) -> bool:
+    with open(f"{database}.writer.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+@pytest.mark.parametrize("kill_after", [0.05, 0.4, 1.2])
+def test_a_killed_run_leaves_the_table_as_it_was_and_a_rerun_finishes_the_job(
+    local_landing: Landing, kill_after: float
+) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/a_before.csv", big_file(1000, "before"))
+    assert run_job(catalog, "crm").success
+    rows = 300_000
+    local_landing.put("crm/b_big.csv", big_file(rows, "after"))
+
+    env = {**os.environ, "DAGSTER_HOME": str(local_landing.root / "dh")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "integration_hub.cli.main", "run", "crm", "--catalog", str(local_landing.catalog_path)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not writer_busy(catalog.warehouse_path) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(kill_after)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    # Whatever the moment of the crash: all of the file or none of it.
+    plans = dict(query(catalog, "SELECT plan, count(*) FROM attributes_crm GROUP BY plan"))
+    if plans == {"before": 1000}:
+        assert "b_big.csv" in local_landing.keys(), "not applied, so the file must still be pending"
+    else:
+        assert plans == {"after": rows}, plans
+
+    assert run_job(catalog, "crm").success
+    assert dict(query(catalog, "SELECT plan, count(*) FROM attributes_crm GROUP BY plan")) == {"after": rows}
+    applied = [r for r in runs_of(catalog) if r["source"].endswith("b_big.csv") and r["status"] == "success"]
+    assert len(applied) == 1, runs_of(catalog)
+    assert "success/b_big.csv" in local_landing.keys() and "b_big.csv" not in local_landing.keys()
+
+
+def test_a_second_writer_waits_for_the_first(tmp_path: Path) -> None:
+    database = tmp_path / "w.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from integration_hub.core.warehouse import open_writer\n"
+         f"with open_writer(Path({str(database)!r})) as con:\n    print('holding', flush=True); time.sleep(3)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "holding"
+    with pytest.raises(WarehouseBusyError, match="another run is writing it"):
+        with writer_lock(database, timeout=0.5):
+            pass
+    started = time.monotonic()
+    with open_writer(database, timeout=30) as con:  # waits, then gets it
+        assert con.execute("SELECT 1").fetchone() == (1,)
+    assert time.monotonic() - started > 0.5
+    holder.wait()
+
+
+def test_a_new_property_adds_a_column_and_keeps_the_data(local_landing: Landing) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/a.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    wider = {**CRM_INTEGRATION, "properties": [*CRM_INTEGRATION["properties"], {"column": "nps", "name": "nps_score", "type": "number"}]}
+    catalog = local_landing.write_catalog(wider)
+    local_landing.put("crm/b.csv", "email,Plan Tier,tickets,is_active,signup,last_login,nps\nb@x.com,free,2,no,2024-01-01,,9\n")
+    assert run_job(catalog, "crm").success
+    assert query(catalog, "SELECT user_id, plan, nps_score FROM attributes_crm ORDER BY user_id") == [
+        ("a@x.com", "gold", None),
+        ("b@x.com", "free", 9.0),
+    ]
+    assert "nps_score" in [c[0] for c in query(catalog, "DESCRIBE user_profiles")]
+
+
+def test_a_type_change_that_does_not_convert_is_refused_and_changes_nothing(local_landing: Landing) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/a.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    changed = {**CRM_INTEGRATION, "properties": [{"column": "Plan Tier", "name": "plan", "type": "number"}]}
+    catalog = local_landing.write_catalog(changed)
+    local_landing.put("crm/b.csv", HEADER + "b@x.com,3,2,no,2024-01-01,\n")
+    result = run_job_allowing_failure(catalog)
+    assert not result.success
+    with open_writer(load_catalog(local_landing.catalog_path).warehouse_path) as con:
+        assert con.execute("SELECT user_id, plan FROM attributes_crm").fetchall() == [("a@x.com", "gold")]
+    assert "b.csv" in local_landing.keys()  # still pending, nothing lost
+
+
+def run_job_allowing_failure(catalog):
+    import dagster as dg
+
+    from integration_hub.definitions import build_definitions
+
+    job = build_definitions(catalog).resolve_job_def("crm_job")
+    with dg.DagsterInstance.ephemeral() as instance:
+        return job.execute_in_process(instance=instance, raise_on_error=False)
