@@ -129,9 +129,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env["DAGSTER_HOME"] = str(directory / ".dagster_home")
     os.environ.update({k: env[k] for k in ("INTEGRATION_HUB_CATALOG", "DAGSTER_HOME")})
     from ..core.catalog import load_catalog
-    from ..core.state import ensure_dagster_home
+    from ..core.state import dagster_instance
 
-    ensure_dagster_home(load_catalog(catalog))
+    # Create the instance's storage once, before the UI and the API server both open it.
+    with dagster_instance(load_catalog(catalog)) as instance:
+        instance.get_runs(limit=1)
     print(f"demo catalog: {catalog}")
     print(f"drop CSV files into: {directory / 'data' / 'landing' / 'crm'}")
     if args.no_ui:

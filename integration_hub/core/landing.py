@@ -174,7 +174,7 @@ def s3_error_message(exc: Exception, bucket: str, action: str) -> str:
         return f"{action} s3://{bucket}: cannot reach the endpoint ({exc.kwargs.get('endpoint_url')}); check endpoint_url/region and the network"
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchBucket", "404") and "bucket" in str(exc).lower() or code == "NoSuchBucket":
+        if code == "NoSuchBucket":
             return f"{action} s3://{bucket}: the bucket does not exist; create it or fix `bucket` on the connection"
         if code in ("AccessDenied", "403", "AllAccessDisabled"):
             return f"{action} s3://{bucket}: access denied; grant s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the bucket to these credentials"
