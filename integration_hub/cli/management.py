@@ -165,11 +165,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ..definitions import build_definitions
 
         job = build_definitions(catalog).resolve_job_def(job_name(integration))
+        run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        # A kind may turn command-line options (e.g. --full-resync) into run config for its job.
+        kind_config = hook("run_config", integration, default=None)
+        if kind_config is not None:
+            run_config.update(kind_config(catalog, integration, args))
         result = job.execute_in_process(
             instance=instance,
             tags={"integration_hub/trigger": "cli"},
             raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config=run_config,
         )
         run_id = result.run_id
     runs = _runs_of_dagster_run(catalog, run_id)

