@@ -22,6 +22,8 @@ from .catalog import Catalog, Connection, LocalConnection, S3Connection
 
 PENDING_SUFFIXES = (".csv", ".csv.gz")
 CHUNK = 8 * 1024 * 1024
+LARGE_PART = 128 * 1024 * 1024
+COPY_OBJECT_LIMIT = 5 * 1024**3 - 1
 
 
 class LandingError(Exception):
@@ -230,7 +232,9 @@ class S3LandingStore:
         from boto3.s3.transfer import TransferConfig
 
         target = work_dir / file.name
-        config = TransferConfig(multipart_chunksize=CHUNK * 2, max_concurrency=4)
+        # Few large ranged GETs: fast on S3, and S3-compatible servers that reread the object per
+        # range (moto, some gateways) are not punished with dozens of reads.
+        config = TransferConfig(multipart_threshold=LARGE_PART, multipart_chunksize=LARGE_PART, max_concurrency=4)
         self._call(
             "cannot download",
             self.client.download_file,
@@ -259,10 +263,15 @@ class S3LandingStore:
             raise LandingError(s3_error_message(exc, self.bucket, "cannot read")) from None
 
     def move(self, file: LandingFile, subfolder: str) -> str:
+        from boto3.s3.transfer import TransferConfig
+
         target = _destination(self, file, subfolder)
         source = {"Bucket": self.bucket, "Key": self._key(file.key)}
-        # Managed copy: multipart copy for large objects; then delete the original.
-        self._call("cannot move", self.client.copy, CopySource=source, Bucket=self.bucket, Key=self._key(target))
+        # One server-side CopyObject up to 5 GB (multipart copy only beyond), then delete the original.
+        config = TransferConfig(multipart_threshold=COPY_OBJECT_LIMIT, multipart_chunksize=LARGE_PART * 4)
+        self._call(
+            "cannot move", self.client.copy, CopySource=source, Bucket=self.bucket, Key=self._key(target), Config=config
+        )
         self._call("cannot move", self.client.delete_object, Bucket=self.bucket, Key=self._key(file.key))
         return target
 

@@ -21,6 +21,9 @@ from .catalog import Catalog, InboundIntegration
 from .sql import DUCKDB_TYPES, ident, literal
 
 MEMORY_LIMIT_ENV = "INTEGRATION_HUB_DUCKDB_MEMORY"
+# DuckDB would take 80% of RAM; the warehouse shares the machine with Dagster and the API, and
+# spills to disk (temp_directory) beyond this. $INTEGRATION_HUB_DUCKDB_MEMORY overrides it.
+DEFAULT_MEMORY_LIMIT = "1GB"
 LOCK_TIMEOUT_SECONDS = 600.0
 
 BOOKKEEPING_TABLES: dict[str, dict[str, str]] = {
@@ -96,9 +99,7 @@ def writer_lock(database: Path, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterat
 
 def _configure(con: duckdb.DuckDBPyConnection, database: Path | None) -> None:
     con.execute("SET TimeZone = 'UTC'")
-    memory = os.environ.get(MEMORY_LIMIT_ENV)
-    if memory:
-        con.execute(f"SET memory_limit = {literal(memory)}")
+    con.execute(f"SET memory_limit = {literal(os.environ.get(MEMORY_LIMIT_ENV) or DEFAULT_MEMORY_LIMIT)}")
     if database is not None:
         spill = database.parent / ".duckdb_tmp"
         con.execute(f"SET temp_directory = {literal(str(spill))}")
