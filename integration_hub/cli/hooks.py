@@ -15,6 +15,15 @@ from .output import CommandError
 HOOKS: dict[tuple[str, str], str] = {
     ("check", "s3_csv"): "integration_hub.inbound_csv.check:check_csv_integration",
     ("dry_run", "s3_csv"): "integration_hub.inbound_csv.check:dry_run_csv_integration",
+    ("check", "api"): "integration_hub.api.check:check_api_integration",
+    ("dry_run", "api"): "integration_hub.api.check:dry_run_api_integration",
+    ("check", "file_export"): "integration_hub.exports.check:check_file_export",
+    ("dry_run", "file_export"): "integration_hub.exports.check:dry_run_file_export",
+    ("run_details", "file_export"): "integration_hub.exports.check:run_details",
+    ("check", "salesforce"): "integration_hub.salesforce.check:check_salesforce",
+    ("dry_run", "salesforce"): "integration_hub.salesforce.check:dry_run_salesforce",
+    ("run_details", "salesforce"): "integration_hub.salesforce.check:run_details",
+    ("run_config", "salesforce"): "integration_hub.salesforce.check:run_config",
 }
 
 _MISSING = object()

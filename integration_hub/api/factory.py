@@ -1,0 +1,161 @@
+"""One API integration as Dagster definitions: batches, attributes asset, checks, job, sensor, schedule."""
+
+import hashlib
+import json
+import time
+
+import dagster as dg
+
+from ..core.assets import (
+    TAG_INTEGRATION,
+    TAG_TRIGGER,
+    USER_PROFILES_KEY,
+    WRITER_POOL,
+    attribute_check_specs,
+    attribute_checks,
+    attributes_key,
+    run_metadata,
+    schedule_status,
+    sensor_status,
+)
+from ..core.catalog import ApiIntegration, Catalog
+from ..core.state import job_name, schedule_name, sensor_name
+from ..core.warehouse import WarehouseResource, ensure_schema
+from .applying import apply_pending
+from .batches import BatchStore
+
+RETRY_SECONDS = 60  # the same batches still pending after a finished run: ask again after this long
+IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def batches_key(integration: ApiIntegration) -> dg.AssetKey:
+    return dg.AssetKey(f"{integration.name}_batches")
+
+
+def sensor_decision(
+    pending: list[str], active_runs: int, cursor: str | None, now: float
+) -> tuple[str | None, str, str]:
+    """(run_key or None, new cursor, reason) for the batches sensor.
+
+    One run at a time applies every pending batch (and those landing meanwhile), so a run is
+    requested only when batches are pending and none of this job's runs is queued or going.
+    The run key names the set of pending batch ids; the same set still pending after its run
+    finished (the run failed) is asked for again after RETRY_SECONDS, with a new attempt number.
+    """
+    state = json.loads(cursor) if cursor else {}
+    if not pending:
+        return None, json.dumps({}), "no pending batches"
+    if active_runs:
+        return None, json.dumps(state), f"{len(pending)} pending batch(es): a run is already applying batches"
+    key = hashlib.sha256("\n".join(pending).encode()).hexdigest()[:24]
+    attempt = 1
+    if state.get("key") == key:
+        if now - float(state.get("at", 0)) < RETRY_SECONDS:
+            return None, json.dumps(state), f"{len(pending)} pending batch(es): waiting to retry"
+        attempt = int(state.get("attempt", 1)) + 1
+    return f"{key}-{attempt}", json.dumps({"key": key, "attempt": attempt, "at": now}), ""
+
+
+def build_api_integration(catalog: Catalog, integration: ApiIntegration) -> dg.Definitions:
+    name = integration.name
+    store = BatchStore(catalog.landing_path)
+    location = f"{store.folder(name)}/"
+    source_key = batches_key(integration)
+    table_key = attributes_key(name)
+
+    batches = dg.AssetSpec(
+        source_key,
+        group_name=name,
+        kinds={"api"},
+        description=(
+            f"Batches accepted by the End User Update API for `{name}` (system {integration.system}, "
+            f"{integration.environment}), landed in {location} until a run applies them."
+        ),
+    )
+
+    @dg.asset(
+        key=table_key,
+        deps=[source_key],
+        group_name=name,
+        kinds={"duckdb", "api"},
+        pool=WRITER_POOL,
+        check_specs=attribute_check_specs(integration),
+        description=(
+            f"Attributes of `{name}`: one row per user_id from End User Update API batches, "
+            f"typed per the catalog mapping ({len(integration.properties)} properties); later batches win."
+        ),
+        tags={TAG_INTEGRATION: name},
+    )
+    def attributes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        pending = store.pending_batch_ids(name)
+        context.log.info(f"{len(pending)} batch(es) pending in {location}")
+        with warehouse.get_connection() as con:
+            ensure_schema(con, catalog)
+            runs = apply_pending(
+                con, store, integration, context.run_id, on_run=lambda run: context.log.info(run.summary())
+            )
+            metadata = run_metadata(con, integration, runs)
+            checks = attribute_checks(con, integration, runs)
+        return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+    job = dg.define_asset_job(
+        job_name(integration),
+        selection=dg.AssetSelection.assets(table_key, USER_PROFILES_KEY),
+        executor_def=dg.in_process_executor,
+        tags={TAG_INTEGRATION: name},
+        description=f"Apply the pending API batches of {name} and refresh user_profiles.",
+    )
+
+    @dg.sensor(
+        name=sensor_name(integration),
+        job=job,
+        minimum_interval_seconds=integration.sensor_interval_seconds,
+        default_status=sensor_status(integration),
+        description=f"Starts a run when the End User Update API lands batches for {name} in {location}.",
+    )
+    def batches_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        pending = store.pending_batch_ids(name)
+        active = 0
+        if pending:
+            active = context.instance.get_runs_count(
+                dg.RunsFilter(job_name=job_name(integration), statuses=IN_PROGRESS)
+            )
+        run_key, cursor, reason = sensor_decision(pending, active, context.cursor, time.time())
+        if run_key is None:
+            return dg.SensorResult(skip_reason=dg.SkipReason(reason), cursor=cursor)
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=run_key,
+                    tags={TAG_TRIGGER: "sensor", "integration_hub/pending_batches": str(len(pending))},
+                )
+            ],
+            cursor=cursor,
+        )
+
+    schedules = []
+    if integration.schedule:
+
+        @dg.schedule(
+            name=schedule_name(integration),
+            job=job,
+            cron_schedule=integration.schedule,
+            execution_timezone="UTC",
+            default_status=schedule_status(integration),
+            description=f"Applies whatever API batches are pending for {name} (a backstop to the sensor).",
+        )
+        def batches_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+            if not store.pending_batch_ids(name):
+                return dg.SkipReason(f"no pending batches in {location}")
+            return dg.RunRequest(tags={TAG_TRIGGER: "schedule"})
+
+        schedules.append(batches_schedule)
+
+    return dg.Definitions(
+        assets=[batches, attributes], jobs=[job], sensors=[batches_sensor], schedules=schedules
+    )

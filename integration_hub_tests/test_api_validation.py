@@ -1,0 +1,204 @@
+"""The API's Python validators agree with the DuckDB casts the CSV path uses."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pytest
+
+from integration_hub.api.validation import (
+    CASTS,
+    MAX_JSON_DEPTH,
+    InvalidValue,
+    JsonTooDeep,
+    cast_user_id,
+    compile_mapping,
+)
+from integration_hub.core.catalog import ApiIntegration
+from integration_hub.core.sql import cast_expression
+from integration_hub_tests.api_support import WEB_INTEGRATION
+
+CORPUS: dict[str, list[str]] = {
+    "number": [
+        "1", "1.5", " 2 ", "+3", "-4", ".5", "5.", "1e5", "1E-5", "1e+5", "1_000", "0x10", "inf", "-Infinity",
+        "nan", "NaN", "1,5", "abc", "1e400", "-0", "00012", "1.7976931348623157e308", "1d", "--1", "0b1",
+        "1__0", "_1", "1_", "\t1\n", "\u00a01\u3000", "1 000", "1.2.3", ".", "+", "5e", "\u0661", "\uff11",
+        "1e-400", "\x1c1", "1\x00",
+    ],
+    "boolean": [
+        "true", "TRUE", "True", " yes ", "No", "1", "0", "t", "f", "y", "n", "on", "off", "2", "1.0",
+        "\u00a0false\u00a0", "\ttrue",
+    ],
+    "date": [
+        "2024-05-01", "2024-02-29", "2023-02-29", "2024-02-30", "0001-01-01", "9999-12-31", " 2024-05-01 ",
+        "2024-5-1", "20240501", "2024-13-01", "2024-00-10", "2024-01-00", "2024-05-01\t",
+        "\uff12\uff10\uff12\uff14-01-01", "2024-05-01T00:00:00",
+    ],
+    "datetime": [
+        "2024-05-01", "2024-05-01T13:45", "2024-05-01T13:45:00", "2024-05-01 13:45:00", "2024-05-01T13:45:00Z",
+        "2024-05-01T13:45:00z", "2024-05-01T13:45:00.1Z", "2024-05-01T13:45:00.123456789Z",
+        "2024-05-01T13:45:00.1234567+02:00", "2024-05-01T13:45:00+02", "2024-05-01T13:45:00+0230",
+        "2024-05-01T13:45:00-02:30", "2024-05-01T24:00:00", "2024-05-01T24:00:01", "2024-05-01T23:59:60",
+        "2024-05-01T25:00:00", "2024-02-30T10:00:00", "2024-05-01T13:45:00+14:00", "2024-05-01T13:60:00",
+        "2024-05-01Z", "2024-05-01+02", "2024-05-01T13:45:00.9999995Z", "2024-12-31T23:30:00-01:00",
+        " 2024-05-01T13:45:00Z ", "2024-05-01T13:45:00Z\n", "yesterday",
+    ],
+    "string": ["gold", " gold ", "", "   ", "\u00a0", "\t", "caf\u00e9 \U0001f600", "a\x00b"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def duck() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _duckdb_cast(con: duckdb.DuckDBPyConnection, value: str, ptype: str):
+    return con.execute(f"SELECT {cast_expression('CAST($v AS VARCHAR)', ptype)}", {"v": value}).fetchone()[0]
+
+
+@pytest.mark.parametrize("ptype", list(CORPUS))
+def test_python_and_duckdb_accept_the_same_text(duck: duckdb.DuckDBPyConnection, ptype: str) -> None:
+    """For every sample: both accept or both refuse; the canonical text casts to the same value."""
+    for value in CORPUS[ptype]:
+        expected = _duckdb_cast(duck, value, ptype)
+        try:
+            canonical = CASTS[ptype](value)
+        except InvalidValue:
+            assert expected is None, f"{ptype} {value!r}: DuckDB reads {expected!r}, Python refuses it"
+            continue
+        if canonical is None:  # blank: no value, as in an empty CSV cell
+            assert expected is None, f"{ptype} {value!r}"
+            continue
+        assert expected is not None, f"{ptype} {value!r}: Python accepts it, DuckDB does not"
+        assert _duckdb_cast(duck, canonical, ptype) == expected, f"{ptype} {value!r} -> {canonical!r}"
+
+
+@pytest.mark.parametrize(
+    ("ptype", "value", "canonical"),
+    [
+        ("number", 42, "42"),
+        ("number", -3.5, "-3.5"),
+        ("number", "1e3", "1000.0"),
+        ("number", 10**30, str(10**30)),
+        ("boolean", True, "true"),
+        ("boolean", False, "false"),
+        ("boolean", 1, "true"),
+        ("boolean", 0, "false"),
+        ("boolean", "Yes", "true"),
+        ("string", 7, "7"),
+        ("string", True, "true"),
+        ("string", None, None),
+        ("date", "2024-05-01", "2024-05-01"),
+        ("datetime", "2024-05-01T13:45:00+02:00", "2024-05-01T11:45:00+00:00"),
+        ("datetime", "2024-05-01 13:45", "2024-05-01T13:45:00+00:00"),
+        ("datetime", "2024-05-01T24:00", "2024-05-02T00:00:00+00:00"),
+        ("number", None, None),
+        ("number", "  ", None),
+    ],
+)
+def test_json_values_become_canonical_strings(ptype: str, value: object, canonical: str | None) -> None:
+    assert CASTS[ptype](value) == canonical
+
+
+@pytest.mark.parametrize(
+    ("ptype", "value"),
+    [
+        ("number", True),
+        ("number", float("inf")),
+        ("number", 10**400),
+        ("boolean", 2),
+        ("boolean", 1.0),
+        ("date", 20240501),
+        ("datetime", 1714567890),
+        ("string", {"a": 1}),
+        ("number", [1, 2]),
+    ],
+)
+def test_json_values_of_the_wrong_kind_are_refused(ptype: str, value: object) -> None:
+    with pytest.raises(InvalidValue):
+        CASTS[ptype](value)
+
+
+def test_user_ids() -> None:
+    assert cast_user_id("  u1\u00a0") == "u1"
+    assert cast_user_id(12345) == "12345"
+    assert (
+        cast_user_id("\u00fc\u00f1\u00ee\u00e7\u00f8d\u00e9 \U0001f600")
+        == "\u00fc\u00f1\u00ee\u00e7\u00f8d\u00e9 \U0001f600"
+    )
+    for bad in ("", "   ", None, True, 1.5, "x" * 1025):
+        with pytest.raises(InvalidValue):
+            cast_user_id(bad)
+
+
+def _mapping(**changes: object):
+    return compile_mapping(ApiIntegration.model_validate({**WEB_INTEGRATION, **changes}))
+
+
+def test_a_batch_reports_every_problem_with_index_and_field() -> None:
+    records = [
+        {"userId": "u1", "planTier": "gold", "visits": "12", "isActive": "YES", "signup": "2024-05-01"},
+        {"userId": "", "planTier": "x"},
+        {"planTier": "no id"},
+        {"userId": "u4", "visits": "many", "color": "red"},
+        "not an object",
+        {"userId": "u6", "lastSeen": {"nested": True}},
+        {"userId": "u7", "planTier": "caf\u00e9 \ud800"},
+    ]
+    batch = _mapping().validate(records)
+    assert batch.accepted == 1
+    assert batch.rejected_records == 6
+    problems = {(p["index"], p["field"]) for p in batch.problems}
+    assert problems == {
+        (1, "userId"),
+        (2, "userId"),
+        (3, "visits"),
+        (3, "color"),
+        (4, None),
+        (5, "lastSeen"),
+        (6, "planTier"),
+    }
+    unknown = next(p for p in batch.problems if p["field"] == "color")
+    assert "unknown property" in unknown["message"]
+    assert "surrogate" in next(p for p in batch.problems if p["index"] == 6)["message"]
+    lines = batch.ndjson().decode().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"userId": "u1", "planTier": "gold", "visits": "12.0", "isActive": "true", "signup": "2024-05-01"}
+    ]
+
+
+def test_records_of_one_user_are_merged_later_wins() -> None:
+    records = [
+        {"userId": "u1", "planTier": "gold", "visits": 1},
+        {"userId": "u2", "planTier": "silver"},
+        {"userId": " u1 ", "planTier": "platinum", "visits": None},
+    ]
+    keep = _mapping().validate(records)
+    assert keep.accepted == 3
+    assert keep.rows == [
+        {"userId": "u1", "planTier": "platinum", "visits": "1"},
+        {"userId": "u2", "planTier": "silver"},
+    ]
+    clear = _mapping(on_blank="clear").validate(records)
+    assert clear.rows[0] == {"userId": "u1", "planTier": "platinum"}
+
+
+def test_nesting_deeper_than_the_bound_refuses_the_document() -> None:
+    deep: object = "x"
+    for _ in range(MAX_JSON_DEPTH):
+        deep = [deep]
+    with pytest.raises(JsonTooDeep):
+        _mapping().validate([{"userId": "u1", "planTier": deep}])
+    shallow = _mapping().validate([{"userId": "u1", "planTier": [[1]]}])
+    assert shallow.accepted == 0 and shallow.problems[0]["field"] == "planTier"
+
+
+def test_problem_list_is_capped_but_counts_are_exact() -> None:
+    batch = _mapping().validate([{"userId": ""} for _ in range(1500)] + [{"userId": "ok"}])
+    assert batch.rejected_records == 1500
+    assert batch.problems_total == 1500
+    assert len(batch.problems) == 1000
+    assert batch.accepted == 1
