@@ -10,13 +10,19 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from .api.factory import build_api_integration
 from .core.assets import RESOURCE_KEY, build_user_profiles, warehouse_resource
 from .core.catalog import Catalog, load_catalog
+from .exports.factory import build_file_export_integration
 from .inbound_csv.factory import build_csv_integration
 from .reports.factory import build_reports
+from .salesforce.factory import build_salesforce_integration
 
 FACTORIES: dict[str, Callable[[Catalog, object], dg.Definitions]] = {
     "s3_csv": build_csv_integration,
+    "file_export": build_file_export_integration,
+    "api": build_api_integration,
+    "salesforce": build_salesforce_integration,
 }
 
 

@@ -14,12 +14,13 @@ from ..core.assets import (
     attribute_check_specs,
     attribute_checks,
     attributes_key,
+    integration_job,
+    integration_schedule,
     run_metadata,
-    schedule_status,
     sensor_status,
 )
 from ..core.catalog import ApiIntegration, Catalog
-from ..core.state import job_name, schedule_name, sensor_name
+from ..core.state import job_name, sensor_name
 from ..core.warehouse import WarehouseResource, ensure_schema
 from .applying import apply_pending
 from .batches import BatchStore
@@ -103,12 +104,8 @@ def build_api_integration(catalog: Catalog, integration: ApiIntegration) -> dg.D
             checks = attribute_checks(con, integration, runs)
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
-    job = dg.define_asset_job(
-        job_name(integration),
-        selection=dg.AssetSelection.assets(table_key, USER_PROFILES_KEY),
-        executor_def=dg.in_process_executor,
-        tags={TAG_INTEGRATION: name},
-        description=f"Apply the pending API batches of {name} and refresh user_profiles.",
+    job = integration_job(
+        integration, [table_key, USER_PROFILES_KEY], f"Apply the pending API batches of {name} and refresh user_profiles."
     )
 
     @dg.sensor(
@@ -141,19 +138,15 @@ def build_api_integration(catalog: Catalog, integration: ApiIntegration) -> dg.D
     schedules = []
     if integration.schedule:
 
-        @dg.schedule(
-            name=schedule_name(integration),
-            job=job,
-            cron_schedule=integration.schedule,
-            execution_timezone="UTC",
-            default_status=schedule_status(integration),
-            description=f"Applies whatever API batches are pending for {name} (a backstop to the sensor).",
-        )
-        def batches_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        def batches_pending(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
             if not store.pending_batch_ids(name):
                 return dg.SkipReason(f"no pending batches in {location}")
             return dg.RunRequest(tags={TAG_TRIGGER: "schedule"})
 
+        batches_schedule = integration_schedule(
+            integration, job, f"Applies whatever API batches are pending for {name} (a backstop to the sensor).",
+            batches_pending,
+        )
         schedules.append(batches_schedule)
 
     return dg.Definitions(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         reason = failure.step_failure_data.error.message.strip().splitlines()[0] if failure else "see the Dagster UI"
+        # Dagster prefixes the exception's class ("dagster._core.definitions.events.Failure: ..."): keep the words.
+        reason = re.sub(r"^[\w.]+(Error|Exception|Failure): ", "", reason)
         raise CommandError(f"run {run_id} failed: {reason}")
     print(f"dagster run {run_id}")
     return 1 if any(r["status"] == "failed" for r in runs) else 0

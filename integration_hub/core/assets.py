@@ -1,14 +1,16 @@
 """Dagster pieces every integration kind shares: the writer pool, checks, metadata, user_profiles."""
 
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 import duckdb
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from .catalog import Catalog, InboundIntegration, Integration
 from .ingest import RunRecord, table_preview
 from .sql import DUCKDB_TYPES
+from .state import job_name, schedule_name
 from .warehouse import WarehouseResource, attributes_table, ensure_schema
 
 WRITER_POOL = "duckdb_writer"  # limited to 1 by the dagster.yaml that integration-hub writes
@@ -126,3 +128,41 @@ def build_user_profiles(catalog: Catalog) -> dg.AssetsDefinition:
 
 def warehouse_resource(catalog: Catalog) -> WarehouseResource:
     return WarehouseResource(database=str(catalog.warehouse_path))
+
+
+def integration_job(
+    integration: Integration, selection: Sequence[dg.AssetKey], description: str, hooks: set | None = None
+) -> UnresolvedAssetJobDefinition:
+    """The job every trigger of an integration (sensor, schedule, `integration-hub run`) launches."""
+    return dg.define_asset_job(
+        job_name(integration),
+        selection=dg.AssetSelection.assets(*selection),
+        executor_def=dg.in_process_executor,  # one small step after another: no process per step
+        tags={TAG_INTEGRATION: integration.name},
+        hooks=hooks,
+        description=description,
+    )
+
+
+def integration_schedule(
+    integration: Integration,
+    job: UnresolvedAssetJobDefinition,
+    description: str,
+    request: Callable[[dg.ScheduleEvaluationContext], dg.RunRequest | dg.SkipReason] | None = None,
+) -> dg.ScheduleDefinition:
+    """The integration's sync interval (cron, UTC); `request` may skip a tick with nothing to do."""
+
+    @dg.schedule(
+        name=schedule_name(integration),
+        job=job,
+        cron_schedule=integration.schedule,  # type: ignore[union-attr]
+        execution_timezone="UTC",
+        default_status=schedule_status(integration),
+        description=description,
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        if request is not None:
+            return request(context)
+        return dg.RunRequest(tags={TAG_TRIGGER: "schedule"})
+
+    return _schedule

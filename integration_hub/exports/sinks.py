@@ -2,8 +2,9 @@
 
 A sink writes one file per ``open_write`` call. Data is buffered in parts of
 ``part_size`` bytes (8 MiB by default); at most one part is being filled while
-the previous one uploads in a background thread, so memory stays bounded no
-matter how large the file is. The file only becomes visible when the ``with``
+the previous one uploads in a background thread (or up to ``max_concurrency``
+previous ones, if the sink was given more), so memory stays bounded no matter
+how large the file is. The file only becomes visible when the ``with``
 block exits cleanly:
 
 * S3: a single ``PutObject`` for files smaller than one part, otherwise a
@@ -23,6 +24,7 @@ import logging
 import re
 import uuid
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -139,14 +141,15 @@ class _StreamingWriter(ABC, Generic[PartT]):
     single in-flight upload, and commit/cleanup ordering.
     """
 
-    def __init__(self, url: str, part_size: int, max_parts: int) -> None:
+    def __init__(self, url: str, part_size: int, max_parts: int, max_concurrency: int = 1) -> None:
         self._url = url
+        self._max_concurrency = max(1, int(max_concurrency))
         self._part_size = part_size
         self._max_parts = max_parts
         self._buf = bytearray()
         self._parts: list[PartT] = []
         self._part_count = 0
-        self._inflight: Future[PartT] | None = None
+        self._inflight: deque[Future[PartT]] = deque()  # oldest first
         self._pool: ThreadPoolExecutor | None = None
         self._multipart = False
         self._state = "new"
@@ -239,19 +242,21 @@ class _StreamingWriter(ABC, Generic[PartT]):
         if not self._multipart:
             self._begin_multipart()
             self._multipart = True
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-upload")
-        # Wait for the previous part first: one part in flight, one buffered.
-        self._collect_inflight()
+            self._pool = ThreadPoolExecutor(max_workers=self._max_concurrency, thread_name_prefix="sink-upload")
+        # Wait for the oldest part first: at most max_concurrency parts in flight
+        # (one by default), one buffered.
+        while len(self._inflight) >= self._max_concurrency:
+            self._parts.append(self._inflight.popleft().result())
         self._part_count += 1
         # Hand the buffer itself to the upload (no copy) and start a fresh one.
         data, self._buf = self._buf, bytearray()
         assert self._pool is not None
-        self._inflight = self._pool.submit(self._upload_part, self._part_count, data)
+        self._inflight.append(self._pool.submit(self._upload_part, self._part_count, data))
 
     def _collect_inflight(self) -> None:
-        if self._inflight is not None:
-            future, self._inflight = self._inflight, None
-            self._parts.append(future.result())
+        # In submission order, so the part list stays ordered.
+        while self._inflight:
+            self._parts.append(self._inflight.popleft().result())
 
     def _finish(self) -> None:
         if not self._multipart:
@@ -265,8 +270,8 @@ class _StreamingWriter(ABC, Generic[PartT]):
     def _cleanup(self) -> None:
         # Let a running part upload finish first, otherwise it could land after
         # the abort and leave storage behind.
-        if self._inflight is not None:
-            future, self._inflight = self._inflight, None
+        while self._inflight:
+            future = self._inflight.popleft()
             try:
                 future.result()
             except BaseException:
@@ -299,7 +304,13 @@ class S3Sink:
     """Writes files to ``s3://bucket/prefix/...`` with a boto3 S3 client."""
 
     def __init__(
-        self, client: Any, bucket: str, prefix: str = "", *, part_size: int = DEFAULT_PART_SIZE
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_concurrency: int = 1,
     ) -> None:
         if part_size < S3_MIN_PART_SIZE:
             raise ValueError(f"S3 part_size must be at least {S3_MIN_PART_SIZE} bytes")
@@ -307,6 +318,7 @@ class S3Sink:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_size = part_size
+        self.max_concurrency = max_concurrency  # part uploads in flight at once
         # None = not yet known; False once the service rejected If-None-Match.
         self._conditional_writes: bool | None = None
         # Mirror s3transfer: with the botocore default ("when_supported") send CRC32
@@ -570,7 +582,7 @@ class _S3Writer(_StreamingWriter[dict[str, Any]]):
     def __init__(
         self, sink: S3Sink, full_key: str, overwrite: bool, content_type: str, content_encoding: str | None
     ) -> None:
-        super().__init__(f"s3://{sink.bucket}/{full_key}", sink.part_size, S3_MAX_PARTS)
+        super().__init__(f"s3://{sink.bucket}/{full_key}", sink.part_size, S3_MAX_PARTS, sink.max_concurrency)
         self._sink = sink
         self._key = full_key
         self._overwrite = overwrite
@@ -669,13 +681,19 @@ class AzureBlobSink:
     """Writes block blobs into one container (``ContainerClient``) under a prefix."""
 
     def __init__(
-        self, container_client: ContainerClient, prefix: str = "", *, part_size: int = DEFAULT_PART_SIZE
+        self,
+        container_client: ContainerClient,
+        prefix: str = "",
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_concurrency: int = 1,
     ) -> None:
         if part_size <= 0:
             raise ValueError("part_size must be positive")
         self.container_client = container_client
         self.prefix = prefix.strip("/")
         self.part_size = part_size
+        self.max_concurrency = max_concurrency  # block uploads in flight at once
 
     @classmethod
     def from_settings(
@@ -872,7 +890,7 @@ class _AzureWriter(_StreamingWriter[str]):
         self._sink = sink
         self._name = name
         self._blob = sink.container_client.get_blob_client(name)
-        super().__init__(_strip_query(self._blob.url), sink.part_size, AZURE_MAX_BLOCKS)
+        super().__init__(_strip_query(self._blob.url), sink.part_size, AZURE_MAX_BLOCKS, sink.max_concurrency)
         self._overwrite = overwrite
         self._content_settings = ContentSettings(content_type=content_type, content_encoding=content_encoding)
         # Random per-write block id prefix so two concurrent writers of the same

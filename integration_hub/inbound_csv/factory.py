@@ -14,13 +14,14 @@ from ..core.assets import (
     attribute_check_specs,
     attribute_checks,
     attributes_key,
+    integration_job,
+    integration_schedule,
     run_metadata,
-    schedule_status,
     sensor_status,
 )
 from ..core.catalog import Catalog, CsvIntegration, S3Connection
 from ..core.landing import landing_store
-from ..core.state import job_name, schedule_name, sensor_name
+from ..core.state import sensor_name
 from ..core.warehouse import WarehouseResource, ensure_schema
 from .processing import process_file
 
@@ -89,12 +90,8 @@ def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.D
             checks = attribute_checks(con, integration, runs)
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
-    job = dg.define_asset_job(
-        job_name(integration),
-        selection=dg.AssetSelection.assets(table_key, USER_PROFILES_KEY),
-        executor_def=dg.in_process_executor,
-        tags={TAG_INTEGRATION: name},
-        description=f"Process the pending CSV files of {name} and refresh user_profiles.",
+    job = integration_job(
+        integration, [table_key, USER_PROFILES_KEY], f"Process the pending CSV files of {name} and refresh user_profiles."
     )
 
     @dg.sensor(
@@ -125,19 +122,14 @@ def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.D
             cursor=cursor,
         )
 
-    @dg.schedule(
-        name=schedule_name(integration),
-        job=job,
-        cron_schedule=integration.schedule,
-        execution_timezone="UTC",
-        default_status=schedule_status(integration),
-        description=f"Processes whatever is pending in {location} on the sync interval.",
-    )
-    def files_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        pending = landing_store(catalog, connection).list_pending(integration.folder)
-        if not pending:
+    def files_pending(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        if not landing_store(catalog, connection).list_pending(integration.folder):
             return dg.SkipReason(f"no pending files in {location}")
         return dg.RunRequest(run_config=_run_config(table_key, []), tags={TAG_TRIGGER: "schedule"})
+
+    files_schedule = integration_schedule(
+        integration, job, f"Processes whatever is pending in {location} on the sync interval.", files_pending
+    )
 
     return dg.Definitions(assets=[files, attributes], jobs=[job], sensors=[files_sensor], schedules=[files_schedule])
 

@@ -10,10 +10,9 @@ The job materializes the report and then syncs it, in one run. No sensor: the sc
 
 import dagster as dg
 
-from ..core.assets import TAG_INTEGRATION, TAG_TRIGGER, WRITER_POOL, schedule_status
+from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
 from ..core.ingest import now_utc
-from ..core.state import job_name, schedule_name
 from ..core.warehouse import WarehouseResource, ensure_schema
 from ..reports.factory import report_key
 from .auth import login_host
@@ -116,24 +115,15 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the real failure
             context.log.warning(f"could not record the failed sync run: {exc}")
 
-    job = dg.define_asset_job(
-        job_name(integration),
-        selection=dg.AssetSelection.assets(upstream, key),
-        executor_def=dg.in_process_executor,
-        tags={TAG_INTEGRATION: name},
+    job = integration_job(
+        integration,
+        [upstream, key],
+        f"Materialize report {integration.report} and sync it into Salesforce {integration.object}.",
         hooks={report_failed},
-        description=f"Materialize report {integration.report} and sync it into Salesforce {integration.object}.",
     )
 
-    @dg.schedule(
-        name=schedule_name(integration),
-        job=job,
-        cron_schedule=integration.schedule,
-        execution_timezone="UTC",
-        default_status=schedule_status(integration),
-        description=f"Syncs report {integration.report} into Salesforce {integration.object} (UTC).",
+    sync_schedule = integration_schedule(
+        integration, job, f"Syncs report {integration.report} into Salesforce {integration.object} (UTC)."
     )
-    def sync_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        return dg.RunRequest(tags={TAG_TRIGGER: "schedule"})
 
     return dg.Definitions(assets=[sync], jobs=[job], schedules=[sync_schedule])

@@ -1,0 +1,130 @@
+"""One file export integration as Dagster definitions: the export asset, its job and schedule.
+
+The job materializes the report and then exports it, in the same run, so every file holds
+fresh data. There is no sensor: exports run on their schedule or on `integration-hub run`.
+"""
+
+
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule
+from ..core.catalog import Catalog, FileExportIntegration, S3Connection
+from ..core.ingest import RunRecord, now_utc, record_run
+from ..core.warehouse import WarehouseResource, ensure_bookkeeping, ensure_schema
+from ..inbound_csv.processing import new_run_id
+from ..reports.factory import report_key
+from .export import KIND, ExportError, run_file_export
+
+
+def export_key(integration: FileExportIntegration) -> dg.AssetKey:
+    return dg.AssetKey(f"export_{integration.name}")
+
+
+def _target(catalog: Catalog, integration: FileExportIntegration) -> str:
+    """Where files go, for descriptions (no SDK client is built at definition load)."""
+    connection = catalog.connection(integration.connection)
+    path = "/".join(p for p in (connection.prefix, integration.folder) if p)  # type: ignore[union-attr]
+    if isinstance(connection, S3Connection):
+        return f"s3://{connection.bucket}/{path + '/' if path else ''}"
+    return f"Azure container {connection.container}/{path + '/' if path else ''}"  # type: ignore[union-attr]
+
+
+def _run_start(context: dg.AssetExecutionContext) -> datetime:
+    """The Dagster run's start time (UTC): {date} and {timestamp} in file names use it."""
+    try:
+        record = context.instance.get_run_record_by_id(context.run_id)
+        if record is not None and record.start_time:
+            return datetime.fromtimestamp(record.start_time, tz=timezone.utc)
+    except Exception:  # noqa: BLE001 - an instance without run records: use now
+        pass
+    return now_utc()
+
+
+def build_file_export_integration(catalog: Catalog, integration: FileExportIntegration) -> dg.Definitions:
+    name = integration.name
+    connection = catalog.connection(integration.connection)
+    on_s3 = isinstance(connection, S3Connection)
+    target = _target(catalog, integration)
+    key = export_key(integration)
+    upstream = report_key(integration.report)
+    compression = " (gzip)" if integration.compression == "gzip" else ""
+
+    @dg.asset(
+        key=key,
+        deps=[upstream],
+        group_name=name,
+        kinds={"s3" if on_s3 else "azure", "csv"},
+        pool=WRITER_POOL,
+        tags={TAG_INTEGRATION: name},
+        description=(
+            f"Report `{integration.report}` written as one CSV file{compression} `{integration.file_name}` "
+            f"into {target} on every run"
+            f"{'; formulas escaped' if integration.escape_formulas else ''}"
+            f"{'; replaces an existing file' if integration.overwrite else '; never overwrites a file'}."
+        ),
+    )
+    def export(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        with warehouse.get_connection() as con:
+            ensure_schema(con, catalog)
+            try:
+                run, result, preview = run_file_export(
+                    con,
+                    catalog,
+                    integration,
+                    run_start=_run_start(context),
+                    dagster_run_id=context.run_id,
+                    log=context.log,
+                )
+            except ExportError as exc:
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
+        assert result is not None
+        context.log.info(run.message)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": result.rows,
+                "rows": result.rows,
+                "bytes": result.bytes,
+                "target_url": dg.MetadataValue.url(result.url),
+                "file_name": result.key,
+                "integration_run_id": run.run_id,
+                "preview": dg.MetadataValue.md(preview),
+            }
+        )
+
+    @dg.failure_hook(required_resource_keys={"warehouse"}, name=f"{name}_report_failed")
+    def report_failed(context: dg.HookContext) -> None:
+        """A failed report skips the export: record that as a failed export run too."""
+        if context.op.name == key.to_python_identifier():
+            return  # the export step records its own failure
+        error = context.op_exception
+        reason = str(error).strip().splitlines()[0] if error and str(error).strip() else "see the Dagster run"
+        run = RunRecord(
+            run_id=new_run_id(),
+            integration=name,
+            kind=KIND,
+            source=integration.report,
+            started_at=now_utc(),
+            dagster_run_id=context.run_id,
+            status="failed",
+            message=f"nothing exported: report {integration.report!r} failed: {reason}",
+        )
+        try:
+            with context.resources.warehouse.get_connection() as con:
+                ensure_bookkeeping(con)
+                record_run(con, run)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the real failure
+            context.log.warning(f"could not record the failed export run: {exc}")
+
+    job = integration_job(
+        integration,
+        [upstream, key],
+        f"Materialize report {integration.report} and write it as a CSV file into {target}.",
+        hooks={report_failed},
+    )
+    export_schedule = integration_schedule(
+        integration, job, f"Exports report {integration.report} to {target} on this schedule (UTC)."
+    )
+
+    return dg.Definitions(assets=[export], jobs=[job], schedules=[export_schedule])
