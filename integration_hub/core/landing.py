@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .catalog import Catalog, Connection, LocalConnection, S3Connection
+from .s3_errors import explain_s3_error
 
 PENDING_SUFFIXES = (".csv", ".csv.gz")
 CHUNK = 8 * 1024 * 1024
@@ -163,27 +164,13 @@ class LocalLandingStore:
         os.replace(tmp, path)
 
 
-def s3_error_message(exc: Exception, bucket: str, action: str) -> str:
-    """A one-line explanation of an S3 failure with the fix, never with credentials."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
-    if isinstance(exc, NoCredentialsError):
-        return (
-            f"{action} s3://{bucket}: no AWS credentials found; set access_key_id/secret_access_key "
-            "on the connection (from ${ENV} variables) or configure the default AWS chain"
-        )
-    if isinstance(exc, EndpointConnectionError):
-        return f"{action} s3://{bucket}: cannot reach the endpoint ({exc.kwargs.get('endpoint_url')}); check endpoint_url/region and the network"
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code == "NoSuchBucket":
-            return f"{action} s3://{bucket}: the bucket does not exist; create it or fix `bucket` on the connection"
-        if code in ("AccessDenied", "403", "AllAccessDisabled"):
-            return f"{action} s3://{bucket}: access denied; grant s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the bucket to these credentials"
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
-            return f"{action} s3://{bucket}: the credentials were rejected ({code}); check access_key_id/secret_access_key"
-        return f"{action} s3://{bucket}: {code or 'error'}: {exc.response.get('Error', {}).get('Message', '')}"
-    return f"{action} s3://{bucket}: {type(exc).__name__}: {exc}"
+_PERMISSIONS = {
+    "cannot list": "s3:ListBucket",
+    "cannot download": "s3:GetObject",
+    "cannot read": "s3:GetObject",
+    "cannot move": "s3:GetObject, s3:PutObject and s3:DeleteObject",
+    "cannot write": "s3:PutObject",
+}
 
 
 class S3LandingStore:
@@ -207,7 +194,20 @@ class S3LandingStore:
         except Exception as exc:  # botocore raises many kinds; each gets a clear message
             if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404") and action != "list":
                 raise FileNotFoundError(kwargs.get("Key")) from None
-            raise LandingError(s3_error_message(exc, self.bucket, action)) from None
+            raise self._error(exc, action) from None
+
+    def _error(self, exc: Exception, action: str) -> LandingError:
+        """One line: what failed, why, and the fix; never a credential."""
+        message, _ = explain_s3_error(
+            exc,
+            action=action.removeprefix("cannot "),
+            target=self.description,
+            bucket=self.bucket,
+            endpoint=self.client.meta.endpoint_url,
+            region=self.client.meta.region_name,
+            permission=_PERMISSIONS.get(action, "s3:GetObject and s3:PutObject"),
+        )
+        return LandingError(message)
 
     def _list_level(self, folder: str) -> Iterator[dict]:
         prefix = self._key(folder).rstrip("/") + "/"
@@ -217,7 +217,7 @@ class S3LandingStore:
             for page in pages:
                 yield from page.get("Contents", [])
         except Exception as exc:
-            raise LandingError(s3_error_message(exc, self.bucket, "cannot list")) from None
+            raise self._error(exc, "cannot list") from None
 
     def list_pending(self, folder: str) -> list[LandingFile]:
         files = []
@@ -260,7 +260,7 @@ class S3LandingStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise LandingError(s3_error_message(exc, self.bucket, "cannot read")) from None
+            raise self._error(exc, "cannot read") from None
 
     def move(self, file: LandingFile, subfolder: str) -> str:
         from boto3.s3.transfer import TransferConfig

@@ -21,7 +21,6 @@ fix it, and never contains credentials.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
@@ -31,6 +30,14 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
+
+from ..core.s3_errors import (
+    S3_NOT_FOUND,
+    explain_s3_error,
+    one_line,
+    s3_code,
+    scrub,
+)
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -59,7 +66,7 @@ class SinkError(Exception):
     """A storage operation failed; the message says what failed and how to fix it."""
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(_one_line(message))
+        super().__init__(one_line(message))
         self.code = code
 
 
@@ -102,10 +109,6 @@ class FileSink(Protocol):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _strip_query(url: str) -> str:
@@ -286,18 +289,6 @@ class _StreamingWriter(ABC, Generic[PartT]):
 
 # --------------------------------------------------------------------------- S3
 
-_S3_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
-_S3_ACCESS_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "403", "Forbidden"}
-_S3_BAD_KEY_ID = {"InvalidAccessKeyId", "InvalidClientTokenId"}
-_S3_BAD_SECRET = {"SignatureDoesNotMatch"}
-_S3_BAD_TOKEN = {"ExpiredToken", "InvalidToken", "TokenRefreshRequired", "ExpiredTokenException"}
-_S3_WRONG_REGION = {
-    "PermanentRedirect",
-    "AuthorizationHeaderMalformed",
-    "301",
-    "IllegalLocationConstraintException",
-}
-_S3_RETRYABLE = {"InternalError", "ServiceUnavailable", "SlowDown", "503", "500", "RequestTimeout"}
 
 
 class S3Sink:
@@ -387,7 +378,7 @@ class S3Sink:
         try:
             self.client.head_object(Bucket=self.bucket, Key=full_key)
         except ClientError as exc:
-            if _s3_code(exc) in _S3_NOT_FOUND:
+            if s3_code(exc) in S3_NOT_FOUND:
                 return False
             # Without s3:ListBucket, S3 answers 403 (not 404) for a missing key.
             raise self._error(
@@ -428,7 +419,7 @@ class S3Sink:
                     raise self._error(exc, "write", full_key, "s3:PutObject") from exc
                 self._disable_conditional_writes("the installed botocore does not know IfNoneMatch")
             except ClientError as exc:
-                code = _s3_code(exc)
+                code = s3_code(exc)
                 if code in {"PreconditionFailed", "412"}:
                     # Someone created the object after our existence check.
                     raise FileExistsError(_exists_message(url)) from exc
@@ -462,120 +453,11 @@ class S3Sink:
         )
 
 
-def _s3_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    if not code:
-        code = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-    return code
+def _s3_error(exc: BaseException, **context: Any) -> SinkError:
+    message, code = explain_s3_error(exc, **context)
+    return SinkError(message, code=code)
 
 
-def _s3_error(
-    exc: BaseException,
-    *,
-    action: str,
-    target: str,
-    bucket: str,
-    endpoint: str,
-    region: str | None,
-    permission: str,
-) -> SinkError:
-    """Map a botocore exception to a one-line, secret-free :class:`SinkError`."""
-    from botocore.exceptions import (
-        ClientError,
-        ConnectionClosedError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        PartialCredentialsError,
-        ProxyConnectionError,
-        ReadTimeoutError,
-    )
-
-    what = f"Could not {action} {target}"
-    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError)):
-        return SinkError(
-            f"{what}: the S3 endpoint {endpoint} is unreachable; check `endpoint_url`/region, DNS, "
-            "firewall and proxy settings.",
-            code="EndpointUnreachable",
-        )
-    if isinstance(exc, (ReadTimeoutError, ConnectionClosedError)):
-        return SinkError(
-            f"{what}: the connection to {endpoint} timed out or was dropped; retry, and check the network.",
-            code="ConnectionDropped",
-        )
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return SinkError(
-            f"{what}: no (complete) AWS credentials were found; configure an access key id and secret, "
-            "a profile or an instance/role identity.",
-            code="NoCredentials",
-        )
-    if not isinstance(exc, ClientError):
-        return SinkError(f"{what}: {type(exc).__name__}: {_scrub(str(exc))}")
-
-    code = _s3_code(exc)
-    if code == "NoSuchBucket":
-        return SinkError(
-            f"{what}: bucket '{bucket}' does not exist at {endpoint}; create it or fix `bucket` "
-            "in the destination settings.",
-            code=code,
-        )
-    if code in _S3_BAD_KEY_ID:
-        return SinkError(
-            f"{what}: the AWS access key id is not valid for {endpoint}; check the configured access key id "
-            "(and that it belongs to this account/endpoint).",
-            code=code,
-        )
-    if code in _S3_BAD_SECRET:
-        return SinkError(
-            f"{what}: the request signature does not match; the AWS secret access key is wrong "
-            "(or does not belong to the access key id), or the system clock is off.",
-            code=code,
-        )
-    if code in _S3_BAD_TOKEN:
-        return SinkError(
-            f"{what}: the AWS session token is invalid or expired; refresh the temporary credentials.",
-            code=code,
-        )
-    if code in _S3_ACCESS_DENIED:
-        return SinkError(
-            f"{what}: access denied; grant {permission} on arn:aws:s3:::{bucket}/* to the configured "
-            "identity (check bucket policy, IAM policy and KMS key policy).",
-            code=code,
-        )
-    if code in _S3_WRONG_REGION:
-        return SinkError(
-            f"{what}: bucket '{bucket}' is not in region '{region}'; set the bucket's region in the "
-            "destination settings.",
-            code=code,
-        )
-    if code == "RequestTimeTooSkewed":
-        return SinkError(f"{what}: the system clock is too far off; sync the clock (NTP).", code=code)
-    if code == "NoSuchUpload":
-        return SinkError(
-            f"{what}: the multipart upload disappeared (aborted by a lifecycle rule or another process); "
-            "re-run the export.",
-            code=code,
-        )
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
-    hint = "retry later" if code in _S3_RETRYABLE else "see the S3 error code"
-    message = _scrub(str(exc.response.get("Error", {}).get("Message", "")))
-    return SinkError(
-        f"{what}: S3 returned {code or 'an error'} (HTTP {status}) {message}; {hint}.", code=code
-    )
-
-
-_SECRET_PATTERNS = [
-    re.compile(r"(?i)(AccountKey|SharedAccessSignature|sig|signature|se?cret[\w-]*|token)=([^;&\s'\"]+)"),
-    re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*"),
-]
-
-
-def _scrub(text: str) -> str:
-    """Remove anything that looks like a credential from a service-provided message."""
-    text = _SECRET_PATTERNS[0].sub(r"\1=***", text)
-    text = _SECRET_PATTERNS[1].sub(r"\1", text)
-    return _one_line(text)[:300]
 
 
 class _S3Writer(_StreamingWriter[dict[str, Any]]):
@@ -832,7 +714,7 @@ def _azure_error(
             code="ConnectionDropped",
         )
     if not isinstance(exc, HttpResponseError):
-        return SinkError(f"{what}: {type(exc).__name__}: {_scrub(str(exc.args[0]) if exc.args else '')}")
+        return SinkError(f"{what}: {type(exc).__name__}: {scrub(str(exc.args[0]) if exc.args else '')}")
 
     raw_code = getattr(exc, "error_code", None) or ""
     code = str(getattr(raw_code, "value", raw_code))  # the SDK sometimes returns a StorageErrorCode enum
@@ -869,7 +751,7 @@ def _azure_error(
         return SinkError(
             f"{what}: the storage account {account} is disabled; re-enable it in Azure.", code=code
         )
-    message = _scrub(reason.splitlines()[0] if reason else "")
+    message = scrub(reason.splitlines()[0] if reason else "")
     hint = "retry later" if status is not None and status >= 500 else "see the Azure error code"
     return SinkError(
         f"{what}: Azure returned {code or 'an error'} (HTTP {status}) {message}; {hint}.", code=code or None
