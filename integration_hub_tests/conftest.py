@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
+from integration_hub_tests.fakes.azurite import AzuriteServer
+from integration_hub_tests.fakes.moto_server import MotoServer
+from integration_hub_tests.fakes.salesforce import FakeSalesforce
 from integration_hub_tests.support import BUCKET, PREFIX, Landing
 
 
@@ -52,3 +56,47 @@ def local_landing(tmp_path: Path) -> Landing:
     return Landing("local", tmp_path, {"name": "landing", "type": "local", "path": str(tmp_path / "landing")})
 
 
+
+
+@pytest.fixture(autouse=True)
+def _quiet_werkzeug() -> Iterator[None]:
+    # The threaded moto server logs every request at INFO.
+    werkzeug = logging.getLogger("werkzeug")
+    previous = werkzeug.level
+    werkzeug.setLevel(logging.WARNING)
+    yield
+    werkzeug.setLevel(previous)
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[AzuriteServer]:
+    with AzuriteServer() as server:
+        yield server
+
+
+@pytest.fixture
+def salesforce_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token encryption key, and no proxy between the client and the fake org on loopback."""
+    from cryptography.fernet import Fernet
+
+    monkeypatch.setenv("INTEGRATION_HUB_SECRET_KEY", Fernet.generate_key().decode())
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSalesforce]:
+    from integration_hub_tests.test_salesforce_support import start_fake
+
+    org = start_fake()
+    try:
+        yield org
+        assert org.server_errors == []
+    finally:
+        org.stop()

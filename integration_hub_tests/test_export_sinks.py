@@ -34,32 +34,10 @@ MiB = 1024 * 1024
 BACKENDS = ["moto", "moto_server", "azurite"]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_werkzeug() -> Iterator[None]:
-    # The threaded moto server logs every request at INFO.
-    werkzeug = logging.getLogger("werkzeug")
-    previous = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    yield
-    werkzeug.setLevel(previous)
-
-
 @pytest.fixture(scope="module")
 def big_payload() -> bytes:
     """20 MiB + a few bytes: three S3 parts / Azure blocks of 8 MiB, the last one short."""
     return os.urandom(20 * MiB + 7)
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[AzuriteServer]:
-    with AzuriteServer() as server:
-        yield server
 
 
 @dataclass

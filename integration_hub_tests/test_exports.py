@@ -6,7 +6,6 @@ Every test reads back what landed with boto3 / azure-storage-blob and compares i
 from __future__ import annotations
 
 import gzip
-import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -36,27 +35,6 @@ from integration_hub_tests.test_exports_support import (
 )
 
 TARGETS = ["moto", "moto_server", "azurite"]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_werkzeug() -> Iterator[None]:
-    werkzeug = logging.getLogger("werkzeug")
-    previous = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    yield
-    werkzeug.setLevel(previous)
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[AzuriteServer]:
-    with AzuriteServer() as server:
-        yield server
 
 
 @pytest.fixture(params=TARGETS)

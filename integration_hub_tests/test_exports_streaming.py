@@ -7,7 +7,6 @@ that breaks, a query that breaks): nothing is published and no multipart upload 
 from __future__ import annotations
 
 import gzip
-import logging
 import re
 import time
 import uuid
@@ -36,15 +35,6 @@ FROM range({ROWS}) t(i)
 """
 
 
-@pytest.fixture(autouse=True)
-def _quiet_werkzeug() -> Iterator[None]:
-    werkzeug = logging.getLogger("werkzeug")
-    previous = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    yield
-    werkzeug.setLevel(previous)
-
-
 @pytest.fixture(scope="module")
 def con(tmp_path_factory: pytest.TempPathFactory) -> Iterator[duckdb.DuckDBPyConnection]:
     connection = duckdb.connect(str(tmp_path_factory.mktemp("wh") / "warehouse.duckdb"))
@@ -60,12 +50,6 @@ def floor_csv(con: duckdb.DuckDBPyConnection, tmp_path_factory: pytest.TempPathF
     path = tmp_path_factory.mktemp("floor") / "floor.csv"
     con.execute(copy_sql(_select(con), str(path), None))
     return path.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 def _select(con: duckdb.DuckDBPyConnection, escape: bool = True) -> str:

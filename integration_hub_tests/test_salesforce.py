@@ -7,14 +7,12 @@ Bulk API 2.0 path above bulk_threshold, and that no call ever creates a record.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from urllib.parse import urlencode
 
 import dagster as dg
 import pytest
-from cryptography.fernet import Fernet
 
 from integration_hub.core.assets import TAG_INTEGRATION, WRITER_POOL
 from integration_hub.definitions import build_definitions
@@ -33,28 +31,10 @@ from integration_hub_tests.test_salesforce_support import (
     row,
     run_sync_job,
     seed,
-    start_fake,
     write_catalog,
 )
 
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("INTEGRATION_HUB_SECRET_KEY", Fernet.generate_key().decode())
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSalesforce]:
-    org = start_fake()
-    try:
-        yield org
-        assert org.server_errors == []
-    finally:
-        org.stop()
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("salesforce_environment")]
 
 
 def _failure(result: dg.ExecuteInProcessResult) -> str:

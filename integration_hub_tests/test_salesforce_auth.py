@@ -8,7 +8,6 @@ import re
 import socket
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -41,29 +40,11 @@ from integration_hub_tests.test_salesforce_support import (
     row,
     run_sync_job,
     seed,
-    start_fake,
     write_catalog,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("salesforce_environment")]
 TOKEN_SHAPES = re.compile(r"00D[A-Za-z0-9]{12,15}!|5Aep861")
-
-
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("INTEGRATION_HUB_SECRET_KEY", Fernet.generate_key().decode())
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSalesforce]:
-    org = start_fake()
-    try:
-        yield org
-        assert org.server_errors == []
-    finally:
-        org.stop()
 
 
 def _free_port() -> int:

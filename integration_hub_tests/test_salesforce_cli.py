@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 
 from integration_hub.cli.main import main
 from integration_hub_tests.fakes.salesforce import FakeSalesforce
@@ -18,30 +16,12 @@ from integration_hub_tests.test_salesforce_support import (
     query,
     row,
     seed,
-    start_fake,
     write_catalog,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("salesforce_environment")]
 NAME = "onboarding_to_salesforce"
 TOKEN_SHAPES = re.compile(r"00D[A-Za-z0-9]{12,15}!|5Aep861")
-
-
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("INTEGRATION_HUB_SECRET_KEY", Fernet.generate_key().decode())
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSalesforce]:
-    org = start_fake()
-    try:
-        yield org
-        assert org.server_errors == []
-    finally:
-        org.stop()
 
 
 def _setup(fake: FakeSalesforce, tmp_path: Path) -> tuple[str, list[str]]:
