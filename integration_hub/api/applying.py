@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import duckdb
 
 from ..core.catalog import ApiIntegration
-from ..core.ingest import ROW_SOURCE_COLUMN, RunRecord, apply_source, now_utc, record_failure
+from ..core.ingest import ROW_SOURCE_COLUMN, RunRecord, apply_source, new_run_id, now_utc, record_failure
 from ..core.sql import ident, literal
 from ..core.warehouse import ensure_bookkeeping
 from .batches import DATA_SUFFIX, BatchStore, utc_now_iso
@@ -159,7 +158,7 @@ def apply_group(
     statuses = {b: store.accepted_status(name, b) for b in batch_ids}
     source = batch_ids[0] if len(batch_ids) == 1 else f"{batch_ids[0]}..{batch_ids[-1]}"
     run = RunRecord(
-        run_id=uuid.uuid4().hex[:16],
+        run_id=new_run_id(),
         integration=name,
         kind="api",
         source=source,

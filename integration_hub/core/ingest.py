@@ -9,6 +9,7 @@ and applying the same source again gives the same result.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -53,6 +54,11 @@ class RunRecord:
             f"{self.source}: {self.status} ({self.rows_read} read, {self.rows_applied} applied, "
             f"{self.rows_rejected} rejected){' - ' + self.message if self.message else ''}"
         )
+
+
+def new_run_id() -> str:
+    """The id of one applied source or outbound run (`integration_runs.run_id`)."""
+    return uuid.uuid4().hex[:16]
 
 
 def now_utc() -> datetime:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import duckdb
 
 from ..core.catalog import AzureBlobConnection, Catalog, FileExportIntegration, S3Connection
-from ..core.ingest import RunRecord, now_utc, record_run
+from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.sql import ident, literal
 from ..core.warehouse import ensure_bookkeeping
 from ..reports.factory import ReportError, report_table
@@ -391,8 +391,6 @@ def run_file_export(
     Returns (run, result, preview). A failure is recorded as a failed run and raised as
     ExportError with the same one-line message (secrets never appear: the sinks strip them).
     """
-    from ..inbound_csv.processing import new_run_id
-
     started = now_utc()
     run = RunRecord(
         run_id=new_run_id(),

@@ -11,9 +11,8 @@ import dagster as dg
 
 from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule
 from ..core.catalog import Catalog, FileExportIntegration, S3Connection
-from ..core.ingest import RunRecord, now_utc, record_run
+from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.warehouse import WarehouseResource, ensure_bookkeeping, ensure_schema
-from ..inbound_csv.processing import new_run_id
 from ..reports.factory import report_key
 from .export import KIND, ExportError, run_file_export
 

@@ -13,7 +13,6 @@ import io
 import logging
 import posixpath
 import tempfile
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from ..core.catalog import CsvIntegration
-from ..core.ingest import RunRecord, apply_source, now_utc, record_failure, record_run
+from ..core.ingest import RunRecord, apply_source, new_run_id, now_utc, record_failure, record_run
 from ..core.landing import LandingFile, LandingStore, sha256_of, stem
 from ..core.sql import literal
 from ..core.warehouse import ensure_bookkeeping
@@ -36,10 +35,6 @@ class DuplicateFile(Exception):
 
     def __init__(self, earlier_run: str) -> None:
         self.earlier_run = earlier_run
-
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:16]
 
 
 def _human_bytes(size: float) -> str:

@@ -12,7 +12,7 @@ import dagster as dg
 
 from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
-from ..core.ingest import now_utc
+from ..core.ingest import new_run_id, now_utc
 from ..core.warehouse import WarehouseResource, ensure_schema
 from ..reports.factory import report_key
 from .auth import login_host
@@ -99,8 +99,6 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         """A failed report skips the sync: record that as a failed sync run too."""
         if context.op.name == key.to_python_identifier():
             return  # the sync step records its own failures
-        from ..inbound_csv.processing import new_run_id
-
         error = context.op_exception
         reason = str(error).strip().splitlines()[0] if error and str(error).strip() else "see the Dagster run"
         result = SyncResult(run_id=new_run_id(), integration=name, report=integration.report,

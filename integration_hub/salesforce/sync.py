@@ -31,7 +31,7 @@ from urllib.parse import urlencode
 import duckdb
 
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
-from ..core.ingest import RunRecord, now_utc, record_run
+from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.sql import ident, literal
 from ..core.warehouse import ensure_bookkeeping, ensure_table
 from ..reports.factory import ReportError, report_table, validate_report_sql
@@ -239,8 +239,6 @@ class SalesforceSync:
         client: SalesforceClient | None = None,
         log: Any = None,
     ) -> None:
-        from ..inbound_csv.processing import new_run_id
-
         self.con = con
         self.catalog = catalog
         self.integration = integration
