@@ -8,12 +8,13 @@ fresh data. There is no sensor: exports run on their schedule or on `integration
 from datetime import datetime, timezone
 
 import dagster as dg
+import duckdb
 
 from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule
 from ..core.catalog import Catalog, FileExportIntegration, S3Connection
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.warehouse import WarehouseResource, ensure_bookkeeping, ensure_schema
-from ..reports.factory import report_key
+from ..reports.factory import report_failure_hook, report_key
 from .export import KIND, ExportError, run_file_export
 
 
@@ -92,29 +93,21 @@ def build_file_export_integration(catalog: Catalog, integration: FileExportInteg
             }
         )
 
-    @dg.failure_hook(required_resource_keys={"warehouse"}, name=f"{name}_report_failed")
-    def report_failed(context: dg.HookContext) -> None:
-        """A failed report skips the export: record that as a failed export run too."""
-        if context.op.name == key.to_python_identifier():
-            return  # the export step records its own failure
-        error = context.op_exception
-        reason = str(error).strip().splitlines()[0] if error and str(error).strip() else "see the Dagster run"
+    def record_report_failure(con: duckdb.DuckDBPyConnection, reason: str, dagster_run_id: str) -> None:
         run = RunRecord(
             run_id=new_run_id(),
             integration=name,
             kind=KIND,
             source=integration.report,
             started_at=now_utc(),
-            dagster_run_id=context.run_id,
+            dagster_run_id=dagster_run_id,
             status="failed",
             message=f"nothing exported: report {integration.report!r} failed: {reason}",
         )
-        try:
-            with context.resources.warehouse.get_connection() as con:
-                ensure_bookkeeping(con)
-                record_run(con, run)
-        except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the real failure
-            context.log.warning(f"could not record the failed export run: {exc}")
+        ensure_bookkeeping(con)
+        record_run(con, run)
+
+    report_failed = report_failure_hook(name, key, record_report_failure)
 
     job = integration_job(
         integration,

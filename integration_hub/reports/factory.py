@@ -5,6 +5,7 @@ the lineage from a CSV file or API batch to a Salesforce field or exported file 
 """
 
 import re
+from collections.abc import Callable
 
 import dagster as dg
 import duckdb
@@ -80,3 +81,26 @@ def build_report(catalog: Catalog, report: Report) -> dg.AssetsDefinition:
 
 def build_reports(catalog: Catalog) -> dg.Definitions:
     return dg.Definitions(assets=[build_report(catalog, r) for r in catalog.reports])
+
+
+def report_failure_hook(
+    name: str,
+    own_step: dg.AssetKey,
+    record: Callable[[duckdb.DuckDBPyConnection, str, str], None],
+) -> dg.HookDefinition:
+    """When the report step fails, the outbound step is skipped: `record(con, reason, dagster_run_id)`
+    writes that as a failed run of the integration, so the management table shows it."""
+
+    @dg.failure_hook(required_resource_keys={"warehouse"}, name=f"{name}_report_failed")
+    def report_failed(context: dg.HookContext) -> None:
+        if context.op.name == own_step.to_python_identifier():
+            return  # the outbound step records its own failures
+        error = context.op_exception
+        reason = str(error).strip().splitlines()[0] if error and str(error).strip() else "see the Dagster run"
+        try:
+            with context.resources.warehouse.get_connection() as con:
+                record(con, reason, context.run_id)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the real failure
+            context.log.warning(f"could not record the failed run of {name}: {exc}")
+
+    return report_failed

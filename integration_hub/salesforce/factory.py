@@ -9,12 +9,13 @@ The job materializes the report and then syncs it, in one run. No sensor: the sc
 
 
 import dagster as dg
+import duckdb
 
 from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
 from ..core.ingest import new_run_id, now_utc
 from ..core.warehouse import WarehouseResource, ensure_schema
-from ..reports.factory import report_key
+from ..reports.factory import report_failure_hook, report_key
 from .auth import login_host
 from .sync import SyncError, SyncResult, ensure_salesforce_tables, record_sync_run, run_sync
 
@@ -94,24 +95,16 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
             }
         )
 
-    @dg.failure_hook(required_resource_keys={"warehouse"}, name=f"{name}_report_failed")
-    def report_failed(context: dg.HookContext) -> None:
-        """A failed report skips the sync: record that as a failed sync run too."""
-        if context.op.name == key.to_python_identifier():
-            return  # the sync step records its own failures
-        error = context.op_exception
-        reason = str(error).strip().splitlines()[0] if error and str(error).strip() else "see the Dagster run"
+    def record_report_failure(con: duckdb.DuckDBPyConnection, reason: str, dagster_run_id: str) -> None:
         result = SyncResult(run_id=new_run_id(), integration=name, report=integration.report,
-                            object=integration.object, started_at=now_utc(), dagster_run_id=context.run_id,
+                            object=integration.object, started_at=now_utc(), dagster_run_id=dagster_run_id,
                             message=f"nothing sent: report {integration.report!r} failed: {reason}")
-        try:
-            with context.resources.warehouse.get_connection() as con:
-                con.execute("BEGIN TRANSACTION")
-                ensure_salesforce_tables(con)
-                record_sync_run(con, result)
-                con.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the real failure
-            context.log.warning(f"could not record the failed sync run: {exc}")
+        con.execute("BEGIN TRANSACTION")
+        ensure_salesforce_tables(con)
+        record_sync_run(con, result)
+        con.execute("COMMIT")
+
+    report_failed = report_failure_hook(name, key, record_report_failure)
 
     job = integration_job(
         integration,
