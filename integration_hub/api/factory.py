@@ -12,11 +12,10 @@ from ..core.assets import (
     USER_PROFILES_KEY,
     WRITER_POOL,
     attribute_check_specs,
-    attribute_checks,
     attributes_key,
+    attributes_result,
     integration_job,
     integration_schedule,
-    run_metadata,
     sensor_status,
 )
 from ..core.catalog import ApiIntegration, Catalog
@@ -100,9 +99,7 @@ def build_api_integration(catalog: Catalog, integration: ApiIntegration) -> dg.D
             runs = apply_pending(
                 con, store, integration, context.run_id, on_run=lambda run: context.log.info(run.summary())
             )
-            metadata = run_metadata(con, integration, runs)
-            checks = attribute_checks(con, integration, runs)
-        return dg.MaterializeResult(metadata=metadata, check_results=checks)
+            return attributes_result(con, integration, runs)
 
     job = integration_job(
         integration, [table_key, USER_PROFILES_KEY], f"Apply the pending API batches of {name} and refresh user_profiles."

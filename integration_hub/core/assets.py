@@ -105,6 +105,15 @@ def run_metadata(con: duckdb.DuckDBPyConnection, integration: InboundIntegration
     }
 
 
+def attributes_result(
+    con: duckdb.DuckDBPyConnection, integration: InboundIntegration, runs: Sequence[RunRecord]
+) -> dg.MaterializeResult:
+    """What every inbound attribute asset reports: run metadata and its checks."""
+    return dg.MaterializeResult(
+        metadata=run_metadata(con, integration, runs), check_results=attribute_checks(con, integration, runs)
+    )
+
+
 def build_user_profiles(catalog: Catalog) -> dg.AssetsDefinition:
     inbound_keys = [attributes_key(i.name) for i in catalog.inbound]
 

@@ -12,11 +12,10 @@ from ..core.assets import (
     USER_PROFILES_KEY,
     WRITER_POOL,
     attribute_check_specs,
-    attribute_checks,
     attributes_key,
+    attributes_result,
     integration_job,
     integration_schedule,
-    run_metadata,
     sensor_status,
 )
 from ..core.catalog import Catalog, CsvIntegration, S3Connection
@@ -86,9 +85,7 @@ def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.D
                 if run is not None:
                     context.log.info(run.summary())
                     runs.append(run)
-            metadata = run_metadata(con, integration, runs)
-            checks = attribute_checks(con, integration, runs)
-        return dg.MaterializeResult(metadata=metadata, check_results=checks)
+            return attributes_result(con, integration, runs)
 
     job = integration_job(
         integration, [table_key, USER_PROFILES_KEY], f"Process the pending CSV files of {name} and refresh user_profiles."
