@@ -142,18 +142,16 @@ class TokenStore:
 
     def authenticate(self, token: str) -> str | None:
         """The name of the active bearer token `token`, else None."""
-        if not token.startswith(BEARER_PREFIX) or len(token) > MAX_TOKEN_CHARS:
+        return self._owner_of(token, BEARER_PREFIX, "SELECT name, token_sha256 FROM bearer_tokens "
+                              "WHERE token_sha256 = ? AND revoked_at IS NULL")
+
+    def _owner_of(self, token: object, prefix: str, query: str) -> str | None:
+        """Look a token up by its hash (constant-time compared); `query` returns (owner, hash)."""
+        if not isinstance(token, str) or not token.startswith(prefix) or len(token) > MAX_TOKEN_CHARS:
             return None
         digest = _sha256(token)
         with self._lock:
-            row = (
-                self._connection()
-                .execute(
-                    "SELECT name, token_sha256 FROM bearer_tokens WHERE token_sha256 = ? AND revoked_at IS NULL",
-                    [digest],
-                )
-                .fetchone()
-            )
+            row = self._connection().execute(query, [digest]).fetchone()
         if row is None or not hmac.compare_digest(row[1], digest):
             return None
         return row[0]
@@ -183,22 +181,6 @@ class TokenStore:
 
     def integration_for(self, token: str) -> str | None:
         """The integration an integration token belongs to, else None."""
-        if (
-            not isinstance(token, str)
-            or not token.startswith(INTEGRATION_PREFIX)
-            or len(token) > MAX_TOKEN_CHARS
-        ):
-            return None
-        digest = _sha256(token)
-        with self._lock:
-            row = (
-                self._connection()
-                .execute(
-                    "SELECT integration, token_sha256 FROM integration_tokens WHERE token_sha256 = ?",
-                    [digest],
-                )
-                .fetchone()
-            )
-        if row is None or not hmac.compare_digest(row[1], digest):
-            return None
-        return row[0]
+        return self._owner_of(
+            token, INTEGRATION_PREFIX, "SELECT integration, token_sha256 FROM integration_tokens WHERE token_sha256 = ?"
+        )
