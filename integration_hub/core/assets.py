@@ -11,7 +11,7 @@ from .catalog import Catalog, InboundIntegration, Integration
 from .ingest import RunRecord, table_preview
 from .sql import DUCKDB_TYPES
 from .state import job_name, schedule_name
-from .warehouse import WarehouseResource, attributes_table, ensure_schema
+from .warehouse import WarehouseResource, attributes_table, ensure_schema, same_type
 
 WRITER_POOL = "duckdb_writer"  # limited to 1 by the dagster.yaml that integration-hub writes
 RESOURCE_KEY = "warehouse"
@@ -67,8 +67,7 @@ def attribute_checks(
     wrong = {
         name: f"{actual.get(name, 'missing')} (expected {DUCKDB_TYPES[ptype]})"
         for _, name, ptype in integration.inbound_properties
-        if actual.get(name, "").upper() != DUCKDB_TYPES[ptype]
-        and not (DUCKDB_TYPES[ptype] == "TIMESTAMPTZ" and actual.get(name, "").upper() == "TIMESTAMP WITH TIME ZONE")
+        if not same_type(actual.get(name, ""), DUCKDB_TYPES[ptype])
     }
     failed = [r for r in runs if r.status == "failed"]
     return [

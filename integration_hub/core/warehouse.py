@@ -171,7 +171,7 @@ def _existing_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, s
 _TYPE_ALIASES = {"TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ"}
 
 
-def _same_type(actual: str, wanted: str) -> bool:
+def same_type(actual: str, wanted: str) -> bool:
     """DuckDB reports TIMESTAMPTZ as TIMESTAMP WITH TIME ZONE: the same type, nothing to alter."""
     actual, wanted = actual.upper(), wanted.upper()
     return _TYPE_ALIASES.get(actual, actual) == _TYPE_ALIASES.get(wanted, wanted)
@@ -190,7 +190,7 @@ def ensure_table(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, 
         if name not in existing:
             # A new property on an existing integration: add the column, keep the data.
             con.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(name)} {sql_type}")
-        elif not _same_type(existing[name], sql_type) and sql_type != "JSON":
+        elif not same_type(existing[name], sql_type) and sql_type != "JSON":
             try:
                 con.execute(f"ALTER TABLE {ident(table)} ALTER COLUMN {ident(name)} TYPE {sql_type}")
             except duckdb.Error as exc:
