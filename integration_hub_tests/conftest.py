@@ -12,7 +12,7 @@ import pytest
 from integration_hub_tests.fakes.azurite import AzuriteServer
 from integration_hub_tests.fakes.moto_server import MotoServer
 from integration_hub_tests.fakes.salesforce import FakeSalesforce
-from integration_hub_tests.support import BUCKET, PREFIX, Landing
+from integration_hub_tests.support import BUCKET, PREFIX, Landing, local_landing_at
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +52,7 @@ def landing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Landing]
 
 @pytest.fixture
 def local_landing(tmp_path: Path) -> Landing:
-    (tmp_path / "landing").mkdir()
-    return Landing("local", tmp_path, {"name": "landing", "type": "local", "path": str(tmp_path / "landing")})
+    return local_landing_at(tmp_path)
 
 
 

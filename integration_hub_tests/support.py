@@ -97,6 +97,12 @@ class Landing:
         return (self.root / "landing" / key).read_text(encoding="utf-8")
 
 
+def local_landing_at(root: Path) -> Landing:
+    """A landing area on a local folder under `root`."""
+    (root / "landing").mkdir(parents=True)
+    return Landing("local", root, {"name": "landing", "type": "local", "path": str(root / "landing")})
+
+
 def run_job(catalog: Catalog, integration: str, files: list[str] | None = None) -> dg.ExecuteInProcessResult:
     """Run an integration's job in-process, as a schedule (files=None) or the sensor would."""
     from integration_hub.core.assets import attributes_key

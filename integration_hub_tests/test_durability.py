@@ -8,13 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import pytest
 
+from integration_hub.core import ingest
 from integration_hub.core.catalog import load_catalog
 from integration_hub.core.warehouse import WarehouseBusyError, open_writer, writer_lock
-from integration_hub_tests.support import CRM_INTEGRATION, Landing, query, run_job, runs_of
+from integration_hub_tests.support import CRM_INTEGRATION, Landing, local_landing_at, query, run_job, runs_of
 
 HEADER = "email,Plan Tier,tickets,is_active,signup,last_login\n"
 
@@ -125,3 +127,60 @@ def run_job_allowing_failure(catalog):
     job = build_definitions(catalog).resolve_job_def("crm_job")
     with dg.DagsterInstance.ephemeral() as instance:
         return job.execute_in_process(instance=instance, raise_on_error=False)
+
+
+def _apply_sequence(landing: Landing, monkeypatch: pytest.MonkeyPatch, rebuild: bool) -> tuple[list[tuple], int]:
+    """Three files (keep, rejections, a dropped property, clear) applied by MERGE or by rebuild."""
+    # The size threshold only chooses the strategy; both must give the same table.
+    monkeypatch.setattr(ingest, "REBUILD_MIN_ROWS", 1 if rebuild else 10**12)
+    rebuilds = []
+    real_rebuild_sql = ingest._rebuild_sql
+    monkeypatch.setattr(ingest, "_rebuild_sql", lambda *args: rebuilds.append(1) or real_rebuild_sql(*args))
+    header = "email,Plan Tier,tickets,is_active,signup,last_login\n"
+    catalog = landing.write_catalog({**CRM_INTEGRATION, "max_rejected_ratio": 0.75})
+
+    def land(name: str, *rows: str) -> None:
+        landing.put(f"crm/{name}", header + "".join(f"{r}\n" for r in rows))
+
+    # Two files in one run: the second is staged on the connection the first one rebuilt with.
+    land("a.csv", "ann@example.com,gold,5,yes,2024-01-01,2024-05-01T10:00:00Z", "bob@example.com,silver,1,no,2023-01-01,")
+    land(
+        "b.csv",
+        "ann@example.com,,7,,,",  # blank cells keep the old values
+        "cy@example.com,free,1,yes,2024-02-01,",
+        "dup@example.com,gold,1,yes,,",
+        "dup@example.com,gold,2,yes,,",
+        "bad@example.com,gold,many,yes,,",
+    )
+    assert run_job(catalog, "crm").success
+    assert query(catalog, "SELECT row_number, value FROM rejected_rows ORDER BY row_number") == [
+        (4, "dup@example.com"), (5, "dup@example.com"), (6, "many")
+    ]
+    without_tickets = [p for p in CRM_INTEGRATION["properties"] if p["name"] != "support_tickets"]
+    catalog = landing.write_catalog({**CRM_INTEGRATION, "properties": without_tickets, "on_blank": "clear"})
+    land("c.csv", "ann@example.com,,99,no,,", "dee@example.com,bronze,1,yes,,")
+    assert run_job(catalog, "crm").success
+    rows = query(
+        catalog,
+        "SELECT user_id, plan, support_tickets, active, signup_date, last_login_at, _source LIKE '%c.csv' "
+        "FROM attributes_crm ORDER BY user_id",
+    )
+    keys = query(catalog, "SELECT constraint_type FROM duckdb_constraints() WHERE table_name = 'attributes_crm'")
+    assert ("PRIMARY KEY",) in keys
+    return rows, len(rebuilds)
+
+
+def test_a_large_source_rebuilds_the_table_with_the_same_result_as_a_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    merged, merge_rebuilds = _apply_sequence(local_landing_at(tmp_path / "merge"), monkeypatch, rebuild=False)
+    rebuilt, rebuilds = _apply_sequence(local_landing_at(tmp_path / "rebuild"), monkeypatch, rebuild=True)
+    assert (merge_rebuilds, rebuilds) == (0, 3)
+    assert rebuilt == merged
+    assert merged == [
+        # on_blank: clear in the last file; the dropped property's column keeps its data
+        ("ann@example.com", None, 7.0, False, None, None, True),
+        ("bob@example.com", "silver", 1.0, False, date(2023, 1, 1), None, False),
+        ("cy@example.com", "free", 1.0, True, date(2024, 2, 1), None, False),
+        ("dee@example.com", "bronze", None, True, None, None, True),
+    ]
