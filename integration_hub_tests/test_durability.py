@@ -119,6 +119,28 @@ def test_a_type_change_that_does_not_convert_is_refused_and_changes_nothing(loca
     assert "b.csv" in local_landing.keys()  # still pending, nothing lost
 
 
+def test_running_out_of_duckdb_memory_says_how_to_fix_it_and_changes_nothing(
+    local_landing: Landing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/a.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    local_landing.put("crm/b.csv", big_file(200_000, "big"))
+    monkeypatch.setenv("INTEGRATION_HUB_DUCKDB_MEMORY", "16MB")
+    result = run_job_allowing_failure(catalog)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    error, message = failure.event_specific_data.error, ""
+    while error is not None:  # Dagster wraps the op's exception
+        message, error = message + error.message, error.cause
+    assert "memory_limit" in message and "INTEGRATION_HUB_DUCKDB_MEMORY" in message and "b.csv" in message
+    monkeypatch.delenv("INTEGRATION_HUB_DUCKDB_MEMORY")
+    assert query(catalog, "SELECT user_id, plan FROM attributes_crm") == [("a@x.com", "gold")]
+    assert "b.csv" in local_landing.keys()  # still pending: the next run with more memory applies it
+    assert run_job(catalog, "crm").success
+    assert query(catalog, "SELECT count(*) FROM attributes_crm")[0][0] == 200_001
+
+
 def run_job_allowing_failure(catalog):
     import dagster as dg
 

@@ -18,7 +18,7 @@ import duckdb
 
 from .catalog import InboundIntegration
 from .sql import blank, cast_expression, ident, literal, rejection_reason
-from .warehouse import attributes_table, ensure_attribute_table, ensure_bookkeeping
+from .warehouse import MEMORY_LIMIT_ENV, attributes_table, ensure_attribute_table, ensure_bookkeeping
 
 Status = Literal["success", "partial", "failed", "skipped"]
 ROW_ERROR_COLUMN = "_row_error"  # optional source column: a reason the whole row is unusable
@@ -63,6 +63,10 @@ def new_run_id() -> str:
 
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class WarehouseMemoryError(RuntimeError):
+    """DuckDB needed more memory than its memory_limit allows; nothing was applied."""
 
 
 def record_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
@@ -333,6 +337,16 @@ def apply_source(
             before_commit(con, run)
         record_run(con, run)
         con.execute("COMMIT")
+    except duckdb.OutOfMemoryException as exc:
+        con.execute("ROLLBACK")
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        rows = f"{run.rows_read:,} rows " if run.rows_read else ""
+        raise WarehouseMemoryError(
+            f"DuckDB needed more than its memory_limit of {limit} to apply {run.source} "
+            f"({rows}into {table}); nothing was applied and the source is still pending: "
+            f"set ${MEMORY_LIMIT_ENV} higher (e.g. 4GB) for the Dagster runs and run it again "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
     except BaseException:
         con.execute("ROLLBACK")
         raise
