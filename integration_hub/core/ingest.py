@@ -217,48 +217,68 @@ def _rebuild_sql(
 
     For large sources this beats MERGE on time and, above all, on memory: DuckDB keeps the undo
     data of every updated row in memory until commit, while a bulk insert streams to disk.
+    The new table is written in three parts, so that only the source rows that need an old value
+    go through a join carrying the old table's columns: the users the source does not mention (an
+    anti-join on the id alone), the source rows that are complete on their own, and the rest.
     """
-    mapped = {name for _, name, _ in integration.inbound_properties}
+    mapped = [name for _, name, _ in integration.inbound_properties]
     keep = integration.on_blank == "keep"
     columns = con.execute(
         "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
         "ORDER BY column_index",
         [table],
     ).fetchall()
+    names = [name for name, _ in columns]
     stamp = f"CAST({literal(applied_at.isoformat())} AS TIMESTAMPTZ)"
     row_source = f"COALESCE(s._row_source, {literal(source)})"
-    expressions = []
-    for name, _ in columns:
+    # Columns of properties no longer in the catalog keep their old values, so then every row joins.
+    retained = [n for n in names if n not in mapped and n not in ("user_id", "_updated_at", "_source")]
+    if retained:
+        complete = "FALSE"
+    elif keep:  # a blank cell keeps the old value: only rows without blanks are complete
+        complete = " AND ".join(f"s.{ident(n)} IS NOT NULL" for n in mapped) or "TRUE"
+    else:
+        complete = "TRUE"
+    joined = []
+    for name in names:
         column = ident(name)
         if name == "user_id":
-            expressions.append("COALESCE(s.user_id, t.user_id)")
+            joined.append("s.user_id")
         elif name in mapped:
-            expressions.append(
-                f"COALESCE(s.{column}, t.{column})" if keep
-                else f"CASE WHEN s.user_id IS NULL THEN t.{column} ELSE s.{column} END"
-            )
+            joined.append(f"COALESCE(s.{column}, t.{column})" if keep else f"s.{column}")
         elif name == "_updated_at":
-            expressions.append(f"CASE WHEN s.user_id IS NULL THEN t._updated_at ELSE {stamp} END")
+            joined.append(stamp)
         elif name == "_source":
-            expressions.append(f"CASE WHEN s.user_id IS NULL THEN t._source ELSE {row_source} END")
-        else:  # a column of a property no longer in the catalog: kept as it is
-            expressions.append(f"t.{column}")
-    rebuilt = f"{table}__rebuild"
+            joined.append(row_source)
+        else:
+            joined.append(f"t.{column}")
+    own = ["s.user_id", *(f"s.{ident(n)}" for n in mapped), stamp, row_source]
+    own_columns = ", ".join(ident(n) for n in ["user_id", *mapped, "_updated_at", "_source"])
+    rebuilt = ident(f"{table}__rebuild")
+    old = ident(table)
     definition = ", ".join(f"{ident(name)} {data_type}" for name, data_type in columns)
-    return [
-        f"DROP TABLE IF EXISTS {ident(rebuilt)}",
-        # The key is declared up front: maintaining the index during the insert takes about as long
-        # as building it afterwards, and building it at commit needs ~0.7 GB of memory outside
-        # DuckDB's memory_limit.
-        f"CREATE TABLE {ident(rebuilt)} ({definition}, PRIMARY KEY (user_id))",
-        # The new table's row order does not matter, and not keeping it lets the insert stream
+    statements = [
+        f"DROP TABLE IF EXISTS {rebuilt}",
+        # The key is declared up front: maintaining the index during the inserts takes about as
+        # long as building it afterwards, and building it at commit needs ~0.7 GB of memory
+        # outside DuckDB's memory_limit.
+        f"CREATE TABLE {rebuilt} ({definition}, PRIMARY KEY (user_id))",
+        # The new table's row order does not matter, and not keeping it lets the inserts stream
         # (apply_source resets it: staging relies on the order).
         "SET preserve_insertion_order = false",
-        f"INSERT INTO {ident(rebuilt)} SELECT {', '.join(expressions)} "
-        f"FROM {ident(table)} AS t FULL OUTER JOIN ({valid_rows}) AS s ON t.user_id = s.user_id",
-        f"DROP TABLE {ident(table)}",
-        f"ALTER TABLE {ident(rebuilt)} RENAME TO {ident(table)}",
+        f"INSERT INTO {rebuilt} SELECT {', '.join(f't.{ident(n)}' for n in names)} "
+        f"FROM {old} AS t ANTI JOIN ({valid_rows}) AS s ON s.user_id = t.user_id",
     ]
+    if complete != "FALSE":
+        statements.append(
+            f"INSERT INTO {rebuilt} ({own_columns}) SELECT {', '.join(own)} FROM ({valid_rows}) AS s WHERE {complete}"
+        )
+    if complete != "TRUE":
+        statements.append(
+            f"INSERT INTO {rebuilt} SELECT {', '.join(joined)} FROM ({valid_rows}) AS s "
+            f"LEFT JOIN {old} AS t ON t.user_id = s.user_id WHERE NOT ({complete})"
+        )
+    return [*statements, f"DROP TABLE {old}", f"ALTER TABLE {rebuilt} RENAME TO {old}"]
 
 
 def _apply_valid_rows(
