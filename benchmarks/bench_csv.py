@@ -307,7 +307,7 @@ _STATEMENT_PHASES = [  # (prefix or fragment of the SQL, phase), first match win
     ("INSERT INTO rejected_rows", "validate"),
     ("SELECT _row, user_id, column_name", "validate"),
     ("MERGE INTO", "MERGE"),
-    (f'INSERT INTO "{TABLE}__rebuild"', "rebuild (full outer join + insert, key maintained)"),
+    (f'INSERT INTO "{TABLE}__rebuild"', "rebuild (3 inserts into a new table, key maintained)"),
     ("COMMIT", "commit"),
 ]
 

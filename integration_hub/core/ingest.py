@@ -27,6 +27,7 @@ PREVIEW_ROWS = 5
 # From this many valid rows (and at least a quarter of the table) a source rebuilds the table
 # instead of MERGE-ing into it: see _rebuild_sql.
 REBUILD_MIN_ROWS = 200_000
+JOINED_ROWS = "_rebuild_joined"  # temp table: source rows merged with their old values
 
 
 @dataclass
@@ -259,13 +260,22 @@ def _rebuild_sql(
     definition = ", ".join(f"{ident(name)} {data_type}" for name, data_type in columns)
     statements = [
         f"DROP TABLE IF EXISTS {rebuilt}",
+        # The new table's row order does not matter, and not keeping it lets the inserts stream
+        # (apply_source resets it: staging relies on the order).
+        "SET preserve_insertion_order = false",
+    ]
+    if complete != "TRUE":
+        # Joined before the new table exists: its index, which cannot be spilled, would otherwise
+        # grow while the join needs its memory, and run a 1 GB memory_limit out.
+        statements.append(
+            f"CREATE OR REPLACE TEMP TABLE {JOINED_ROWS} AS SELECT {', '.join(joined)} FROM ({valid_rows}) AS s "
+            f"LEFT JOIN {old} AS t ON t.user_id = s.user_id WHERE NOT ({complete})"
+        )
+    statements += [
         # The key is declared up front: maintaining the index during the inserts takes about as
         # long as building it afterwards, and building it at commit needs ~0.7 GB of memory
         # outside DuckDB's memory_limit.
         f"CREATE TABLE {rebuilt} ({definition}, PRIMARY KEY (user_id))",
-        # The new table's row order does not matter, and not keeping it lets the inserts stream
-        # (apply_source resets it: staging relies on the order).
-        "SET preserve_insertion_order = false",
         f"INSERT INTO {rebuilt} SELECT {', '.join(f't.{ident(n)}' for n in names)} "
         f"FROM {old} AS t ANTI JOIN ({valid_rows}) AS s ON s.user_id = t.user_id",
     ]
@@ -274,10 +284,7 @@ def _rebuild_sql(
             f"INSERT INTO {rebuilt} ({own_columns}) SELECT {', '.join(own)} FROM ({valid_rows}) AS s WHERE {complete}"
         )
     if complete != "TRUE":
-        statements.append(
-            f"INSERT INTO {rebuilt} SELECT {', '.join(joined)} FROM ({valid_rows}) AS s "
-            f"LEFT JOIN {old} AS t ON t.user_id = s.user_id WHERE NOT ({complete})"
-        )
+        statements += [f"INSERT INTO {rebuilt} SELECT * FROM {JOINED_ROWS}", f"DROP TABLE {JOINED_ROWS}"]
     return [*statements, f"DROP TABLE {old}", f"ALTER TABLE {rebuilt} RENAME TO {old}"]
 
 
@@ -373,6 +380,7 @@ def apply_source(
     finally:
         for statement in ("DROP VIEW IF EXISTS _stage", "DROP TABLE IF EXISTS _stage_rows",
                           "DROP TABLE IF EXISTS _dups", "DROP TABLE IF EXISTS _rejects",
+                          f"DROP TABLE IF EXISTS {JOINED_ROWS}",
                           "RESET preserve_insertion_order"):
             try:
                 con.execute(statement)
