@@ -91,7 +91,7 @@ def lit(value: str) -> str:
 # ---------------------------------------------------------------------------- data
 
 
-def _text_columns_sql(seed: int) -> str:
+def _text_columns_sql(seed: int, job_title_blank_percent: int = 5) -> str:
     """The CSV cells of user `i` (a column of the enclosing query), as text; NULL = blank cell.
 
     Deterministic (DuckDB's hash); `seed` gives another set of values for the same users.
@@ -117,7 +117,7 @@ def _text_columns_sql(seed: int) -> str:
             f"{pick(1, ['free', 'starter', 'pro', 'business', 'enterprise'])} AS {q('Plan Tier')}",
             f"'Company ' || CAST({h(2)} % 500000 AS VARCHAR) || ' ' || {pick(3, suffixes)} AS {q('Company')}",
             f"{blank_some(4, 3, pick(4, countries))} AS {q('Country')}",
-            f"{blank_some(5, 5, pick(5, titles))} AS {q('Job Title')}",
+            f"{blank_some(5, job_title_blank_percent, pick(5, titles))} AS {q('Job Title')}",
             f"CAST({h(6)} % 100 AS VARCHAR) AS tickets",
             f"{blank_some(7, 3, value)} AS lifetime_value",
             f"{pick(8, ['yes', 'no', 'true', 'false', 'Yes', 'FALSE'])} AS is_active",
@@ -128,13 +128,13 @@ def _text_columns_sql(seed: int) -> str:
     )
 
 
-def generate_csv(path: Path, rows: int) -> None:
+def generate_csv(path: Path, rows: int, job_title_blank_percent: int = 5) -> None:
     import duckdb
 
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
         con.execute(
-            f"COPY (SELECT {_text_columns_sql(seed=1)} FROM range({int(rows)}) AS t(i) ORDER BY i) "
+            f"COPY (SELECT {_text_columns_sql(1, job_title_blank_percent)} FROM range({int(rows)}) AS t(i) ORDER BY i) "
             f"TO {lit(str(path))} (HEADER, DELIMITER ',')"
         )
 
@@ -484,6 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="run every variant N times, interleaved; report the fastest (and the highest RSS)"
     )
+    parser.add_argument(
+        "--job-title-blank-percent",
+        type=int,
+        default=5,
+        help="share of rows whose 'Job Title' cell is blank (default 5; 100 makes every row keep an old value)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (file, warehouses) afterwards")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -509,9 +515,13 @@ def _run(args: argparse.Namespace, variants: list[str], work: Path, csv_path: Pa
     from integration_hub.core.catalog import DEFAULT_MAX_FILE_BYTES
 
     started = time.perf_counter()
-    generate_csv(csv_path, args.rows)
+    generate_csv(csv_path, args.rows, args.job_title_blank_percent)
     size = csv_path.stat().st_size
-    print(f"  generated {csv_path.name}: {size / MB:,.0f} MiB ({size:,} bytes) in {time.perf_counter() - started:.1f} s", flush=True)
+    print(
+        f"  generated {csv_path.name}: {size / MB:,.0f} MiB ({size:,} bytes), 'Job Title' blank in "
+        f"{args.job_title_blank_percent}% of rows, in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     max_file_bytes = None if size <= DEFAULT_MAX_FILE_BYTES else size  # keep the default limit when the file fits
 
     results: dict[str, Any] = {}
