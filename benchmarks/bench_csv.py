@@ -298,8 +298,10 @@ def run_pandas(csv_path: str, warehouse: str, memory_limit: str | None) -> dict[
     return {"rows_applied": changed, "phases": phases, "settings": settings}
 
 
+REBUILD_PHASE = "rebuild (join for old values, 3 inserts into a new table, key maintained)"
 _STATEMENT_PHASES = [  # (prefix or fragment of the SQL, phase), first match wins
     ("DESCRIBE", "sniff header"),
+    ("CREATE OR REPLACE TEMP TABLE _rebuild_joined", REBUILD_PHASE),
     ("CREATE OR REPLACE TEMP TABLE _stage", "stage (read_csv + casts)"),
     ("CREATE OR REPLACE TEMP TABLE _dups", "validate"),
     ("CREATE OR REPLACE TEMP TABLE _rejects", "validate"),
@@ -307,7 +309,7 @@ _STATEMENT_PHASES = [  # (prefix or fragment of the SQL, phase), first match win
     ("INSERT INTO rejected_rows", "validate"),
     ("SELECT _row, user_id, column_name", "validate"),
     ("MERGE INTO", "MERGE"),
-    (f'INSERT INTO "{TABLE}__rebuild"', "rebuild (3 inserts into a new table, key maintained)"),
+    (f'INSERT INTO "{TABLE}__rebuild"', REBUILD_PHASE),
     ("COMMIT", "commit"),
 ]
 
