@@ -6,6 +6,11 @@ import csv
 import io
 from datetime import date, datetime, timezone
 
+import pytest
+
+from integration_hub.core.landing import landing_store
+from integration_hub.core.warehouse import ensure_schema, open_writer
+from integration_hub.inbound_csv import processing
 from integration_hub_tests.support import CRM_INTEGRATION, Landing, query, run_job, runs_of
 
 HEADER = "email,Plan Tier,tickets,is_active,signup,last_login,ignored\n"
@@ -179,3 +184,28 @@ def test_only_the_files_a_sensor_named_are_processed(landing: Landing) -> None:
     assert run_job(catalog, "crm", files=["crm/a.csv"]).success
     assert query(catalog, "SELECT user_id FROM attributes_crm") == [("ann@example.com",)]
     assert "b.csv" in landing.keys()
+
+
+def test_a_large_file_logs_each_step(landing: Landing, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processing, "PROGRESS_MIN_BYTES", 0)  # every file counts as large
+    catalog = landing.write_catalog()
+    landing.put("crm/users.csv", crm_file("ann@example.com,gold,1,yes,2024-01-01,,", "bob@example.com,x,y,z,,,"))
+    integration = catalog.integration("crm")
+    store = landing_store(catalog, catalog.connection(integration.connection))
+    [file] = store.list_pending("crm")
+    lines: list[str] = []
+    with open_writer(catalog.warehouse_path) as con:
+        ensure_schema(con, catalog)
+        run = processing.process_file(con, store, integration, file, progress=lines.append)
+    assert run is not None and run.status == "failed"  # 1 of 2 rows rejected: over max_rejected_ratio
+    assert [line.split(" ")[0] for line in lines] == ["fetched", "read", "committed"]
+    assert lines[1].startswith("read and validated 2 rows, 1 rejected (")
+
+    landing.put("crm/more.csv", crm_file("cy@example.com,gold,1,yes,2024-01-01,,"))
+    [file] = store.list_pending("crm")
+    lines.clear()
+    with open_writer(catalog.warehouse_path) as con:
+        run = processing.process_file(con, store, integration, file, progress=lines.append)
+    assert run is not None and run.status == "success"
+    assert [line.split(" ")[0] for line in lines] == ["fetched", "read", "applied", "committed"]
+    assert lines[2].startswith("applied 1 row to attributes_crm, committing (")

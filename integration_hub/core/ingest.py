@@ -9,7 +9,9 @@ and applying the same source again gives the same result.
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -21,6 +23,7 @@ from .sql import blank, cast_expression, ident, literal, rejection_reason
 from .warehouse import MEMORY_LIMIT_ENV, attributes_table, ensure_attribute_table, ensure_bookkeeping
 
 Status = Literal["success", "partial", "failed", "skipped"]
+Progress = Callable[[str], None]  # receives a line for the run's log
 ROW_ERROR_COLUMN = "_row_error"  # optional source column: a reason the whole row is unusable
 ROW_SOURCE_COLUMN = "_row_source"  # optional source column: where each row comes from (else the run's source)
 PREVIEW_ROWS = 5
@@ -289,12 +292,18 @@ def _rebuild_sql(
 
 
 def _apply_valid_rows(
-    con: duckdb.DuckDBPyConnection, integration: InboundIntegration, table: str, run: RunRecord, valid_rows: int
+    con: duckdb.DuckDBPyConnection,
+    integration: InboundIntegration,
+    table: str,
+    run: RunRecord,
+    valid_rows: int,
+    progress: Progress,
 ) -> int:
     """MERGE for ordinary sources; rebuild the table when the source is large next to it."""
     existing = con.execute(f"SELECT count(*) FROM {ident(table)}").fetchone()[0]
     rows = _valid_rows_sql(run.rows_rejected > 0)
     if valid_rows >= REBUILD_MIN_ROWS and valid_rows * 4 >= existing:
+        progress(f"writing {table} anew: {existing:,} users in the table, {valid_rows:,} rows to apply")
         for statement in _rebuild_sql(con, integration, table, run.source, run.started_at, rows):
             con.execute(statement)
         return valid_rows
@@ -311,13 +320,20 @@ def apply_source(
     max_rejected_ratio: float,
     row_offset: int = 1,
     before_commit: Any = None,
+    progress: Progress | None = None,
 ) -> RunRecord:
     """Validate a source relation and MERGE its good rows; bookkeeping in the same transaction.
 
     `before_commit(con, run)` runs inside the transaction after the decision (used to record
     processed files). If more than `max_rejected_ratio` of the rows are rejected, or no row is
-    valid, nothing is applied and the run is failed.
+    valid, nothing is applied and the run is failed. `progress` gets a line per step.
     """
+    started = time.perf_counter()
+
+    def report(message: str) -> None:
+        if progress is not None:
+            progress(f"{message} ({time.perf_counter() - started:.1f} s)")
+
     source_columns = [d[0] for d in con.execute(f"DESCRIBE SELECT * FROM ({source_sql})").fetchall()]
     table = attributes_table(integration.name)
     con.execute("BEGIN TRANSACTION")
@@ -331,6 +347,7 @@ def apply_source(
         rows_read = con.execute("SELECT count(*) FROM _stage").fetchone()[0]
         rows_rejected = con.execute("SELECT count(DISTINCT _row) FROM _rejects").fetchone()[0]
         run.rows_read, run.rows_rejected = rows_read, rows_rejected
+        report(f"read and validated {rows_read:,} rows, {rows_rejected:,} rejected")
         run.properties_imported = len(integration.inbound_properties)
         con.execute(
             "INSERT INTO rejected_rows SELECT ?, ?, ?, _row, user_id, column_name, value, reason "
@@ -356,7 +373,9 @@ def apply_source(
                 f"{max_rejected_ratio:.0%}: nothing applied; fix the rows listed in rejected_rows and send it again"
             )
         else:
-            run.rows_applied = _apply_valid_rows(con, integration, table, run, valid_rows)
+            run.rows_applied = _apply_valid_rows(con, integration, table, run, valid_rows, report)
+            plural = "s" if run.rows_applied != 1 else ""
+            report(f"applied {run.rows_applied:,} row{plural} to {table}, committing")
             run.status = "partial" if rows_rejected else "success"
             if rows_rejected:
                 run.message = f"{rows_rejected} row{'s' if rows_rejected != 1 else ''} rejected (see rejected_rows)"
@@ -364,6 +383,7 @@ def apply_source(
             before_commit(con, run)
         record_run(con, run)
         con.execute("COMMIT")
+        report("committed")
     except duckdb.OutOfMemoryException as exc:
         con.execute("ROLLBACK")
         limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]

@@ -81,7 +81,7 @@ def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.D
             ensure_schema(con, catalog)
             for number, file in enumerate(pending, start=1):
                 context.log.info(f"[{number}/{len(pending)}] {file.key} ({file.size:,} bytes)")
-                run = process_file(con, store, integration, file, context.run_id)
+                run = process_file(con, store, integration, file, context.run_id, progress=context.log.info)
                 if run is not None:
                     context.log.info(run.summary())
                     runs.append(run)

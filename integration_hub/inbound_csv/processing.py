@@ -13,6 +13,7 @@ import io
 import logging
 import posixpath
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import duckdb
 
 from ..core.catalog import CsvIntegration
-from ..core.ingest import RunRecord, apply_source, new_run_id, now_utc, record_failure, record_run
+from ..core.ingest import Progress, RunRecord, apply_source, new_run_id, now_utc, record_failure, record_run
 from ..core.landing import LandingFile, LandingStore, sha256_of, stem
 from ..core.sql import literal
 from ..core.warehouse import ensure_bookkeeping
@@ -28,6 +29,7 @@ from .reader import CsvFileError, csv_source_sql, explain_read_error, inspect_cs
 
 log = logging.getLogger(__name__)
 ERROR_COLUMNS = ("row_number", "user_id", "column_name", "value", "reason")
+PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 
 
 class DuplicateFile(Exception):
@@ -118,8 +120,15 @@ def process_file(
     integration: CsvIntegration,
     file: LandingFile,
     dagster_run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> RunRecord | None:
-    """Validate and apply one landed file; None if it vanished (another run took it)."""
+    """Validate and apply one landed file; None if it vanished (another run took it).
+
+    `progress` gets a line per step (download, validation, apply, commit) of a file of at least
+    PROGRESS_MIN_BYTES; smaller files take a second or less and get their one-line summary.
+    """
+    if file.size < PROGRESS_MIN_BYTES:
+        progress = None
     ensure_bookkeeping(con)
     run = RunRecord(
         run_id=new_run_id(),
@@ -147,16 +156,19 @@ def process_file(
             _fail(con, run, file, "the file is empty (0 bytes): export it again with a header row and data rows", None)
             run.details["moved_to"] = _finish(con, store, file, run, work_dir)
             return run
+        fetch_started = time.perf_counter()
         try:
             path = store.fetch(file, work_dir)
         except FileNotFoundError:
             log.info("%s is gone: another run processed it", file.key)
             return None
+        if progress is not None:
+            progress(f"fetched {_human_bytes(file.size)} in {time.perf_counter() - fetch_started:.1f} s")
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             # Hashing overlaps DuckDB's work; it is needed only before the commit.
             digest: Future[str] = pool.submit(sha256_of, path)
-            run = _apply_file(con, integration, file, path, run, digest)
+            run = _apply_file(con, integration, file, path, run, digest, progress)
         run.details["moved_to"] = _finish(con, store, file, run, work_dir)
     return run
 
@@ -168,6 +180,7 @@ def _apply_file(
     path: Path,
     run: RunRecord,
     digest: Future[str],
+    progress: Progress | None,
 ) -> RunRecord:
     def before_commit(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
         sha256 = digest.result()
@@ -190,6 +203,7 @@ def _apply_file(
         max_rejected_ratio=integration.max_rejected_ratio,
         row_offset=1,  # the header is row 1, as a spreadsheet shows it
         before_commit=before_commit,
+        progress=progress,
     )
     try:
         try:
