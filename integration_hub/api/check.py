@@ -38,11 +38,8 @@ def check_api_integration(catalog: Catalog, integration: ApiIntegration) -> list
                 "fix its permissions or set `landing:` in the catalog",
             )
         ]
-    tokens = TokenStore(landing)
-    try:
+    with TokenStore(landing) as tokens:
         issued = tokens.integration_token_issued(integration.name)
-    finally:
-        tokens.close()
     if issued is None:
         return [
             CheckOutcome(

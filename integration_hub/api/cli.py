@@ -11,9 +11,12 @@ import json
 import os
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.catalog import ApiIntegration, Catalog, CatalogError, load_catalog
+
+if TYPE_CHECKING:
+    from .tokens import TokenStore
 
 URL_ENV = "INTEGRATION_HUB_API_URL"
 DEFAULT_PORT = 8080
@@ -33,7 +36,7 @@ def _catalog(args: argparse.Namespace) -> Catalog:
     return load_catalog(getattr(args, "catalog", None))
 
 
-def _token_store(catalog: Catalog):
+def _token_store(catalog: Catalog) -> TokenStore:
     from .tokens import TokenStore
 
     return TokenStore(catalog.landing_path)
@@ -108,11 +111,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_tokens_create(args: argparse.Namespace) -> int:
     """Issue a bearer token; it is shown once."""
     catalog = _catalog(args)
-    store = _token_store(catalog)
-    try:
+    with _token_store(catalog) as store:
         token = store.create_bearer(args.name)
-    finally:
-        store.close()
     if args.json:
         _print_json({"name": args.name, "token": token})
     else:
@@ -128,11 +128,8 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
 def cmd_tokens_list(args: argparse.Namespace) -> int:
     """List bearer tokens (names and dates only; tokens are never shown again)."""
     catalog = _catalog(args)
-    store = _token_store(catalog)
-    try:
+    with _token_store(catalog) as store:
         tokens = store.list_bearers()
-    finally:
-        store.close()
     rows = [
         {
             "name": t.name,
@@ -167,11 +164,8 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     """Revoke a bearer token: requests with it get 401 at once, also in a running server."""
     catalog = _catalog(args)
-    store = _token_store(catalog)
-    try:
+    with _token_store(catalog) as store:
         store.revoke_bearer(args.name)
-    finally:
-        store.close()
     print(f"bearer token {args.name!r} revoked: requests with it now get 401")
     return 0
 
@@ -222,14 +216,11 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
         raise ApiCommandError(
             f"{args.name!r} is a {integration.type} integration: endpoints belong to `type: api` integrations"
         )
-    store = _token_store(catalog)
-    try:
+    with _token_store(catalog) as store:
         issued_at = store.integration_token_issued(integration.name)
         token = None
         if args.rotate or issued_at is None:
             token = store.issue_integration_token(integration.name)
-    finally:
-        store.close()
     url = endpoint_url(args.url)
     if args.json:
         _print_json({"url": url, "integration_token": token})

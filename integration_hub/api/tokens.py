@@ -94,6 +94,12 @@ class TokenStore:
                 self._con.close()
                 self._con = None
 
+    def __enter__(self) -> TokenStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- bearer tokens --------------------------------------------------------------
     def create_bearer(self, name: str) -> str:
         """Issue a bearer token named `name`; the token is returned once and stored hashed."""

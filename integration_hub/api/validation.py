@@ -97,6 +97,14 @@ def _text(value: Any) -> str | None:
     raise _nested(value)
 
 
+def _trimmed(value: Any) -> str | None:
+    """The cell's text without the blanks DuckDB's trim() removes; None for a blank cell."""
+    text = _text(value)
+    if text is None:
+        return None
+    return text.strip(DUCKDB_TRIM) or None
+
+
 def cast_string(value: Any) -> str | None:
     text = _text(value)
     if text is None or not text.strip(DUCKDB_TRIM):
@@ -117,11 +125,8 @@ def cast_number(value: Any) -> str | None:
         if not math.isfinite(value):
             raise InvalidValue("not a finite number")
         return repr(value)
-    text = _text(value)
+    text = _trimmed(value)
     if text is None:
-        return None
-    text = text.strip(DUCKDB_TRIM)
-    if not text:
         return None
     if not text.isascii():
         raise _expected("number")
@@ -141,11 +146,8 @@ def cast_boolean(value: Any) -> str | None:
         return "false"
     if isinstance(value, float):
         raise _expected("boolean")
-    text = _text(value)
+    text = _trimmed(value)
     if text is None:
-        return None
-    text = text.strip(DUCKDB_TRIM)
-    if not text:
         return None
     lowered = text.lower() if text.isascii() else ""
     if lowered in _TRUE:
@@ -156,11 +158,8 @@ def cast_boolean(value: Any) -> str | None:
 
 
 def cast_date(value: Any) -> str | None:
-    text = _text(value)
+    text = _trimmed(value)
     if text is None:
-        return None
-    text = text.strip(DUCKDB_TRIM)
-    if not text:
         return None
     match = _DATE.fullmatch(text)
     if match is None:
@@ -199,11 +198,8 @@ def parse_datetime(text: str) -> datetime:
 
 
 def cast_datetime(value: Any) -> str | None:
-    text = _text(value)
+    text = _trimmed(value)
     if text is None:
-        return None
-    text = text.strip(DUCKDB_TRIM)
-    if not text:
         return None
     return parse_datetime(text).isoformat()
 
