@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from integration_hub_tests.fakes.azurite import (
     free_port,
 )
 from integration_hub_tests.fakes.moto_server import MotoServer
+from integration_hub_tests.test_exports_support import SlowPartUploads
 
 MiB = 1024 * 1024
 BACKENDS = ["moto", "moto_server", "azurite"]
@@ -455,32 +454,13 @@ def test_s3_parts_are_bounded_and_uploaded_one_at_a_time() -> None:
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="bounded")
-        real_upload_part = client.upload_part
-        sizes: list[int] = []
-        active = 0
-        max_active = 0
-        lock = threading.Lock()
-
-        def slow_upload_part(**kwargs: Any) -> Any:
-            nonlocal active, max_active
-            with lock:
-                active += 1
-                max_active = max(max_active, active)
-            try:
-                time.sleep(0.05)  # let the writer race ahead if it could
-                sizes.append(len(kwargs["Body"]))
-                return real_upload_part(**kwargs)
-            finally:
-                with lock:
-                    active -= 1
-
-        client.upload_part = slow_upload_part
+        uploads = SlowPartUploads(client, lambda _: 0.05)  # let the writer race ahead if it could
         sink = S3Sink(client, "bounded", "")
         _write(sink, "exact.csv", b"e" * (8 * MiB))  # exactly one part: still a single PutObject
-        assert sizes == []
+        assert uploads.sizes == []
         _write(sink, "big.csv", b"b" * (25 * MiB), chunk=3 * MiB)
-        assert sizes == [8 * MiB, 8 * MiB, 8 * MiB, 1 * MiB]
-        assert max_active == 1
+        assert uploads.sizes == [8 * MiB, 8 * MiB, 8 * MiB, 1 * MiB]
+        assert uploads.max_active == 1
         assert client.head_object(Bucket="bounded", Key="big.csv")["ContentLength"] == 25 * MiB
 
 

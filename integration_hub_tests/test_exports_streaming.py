@@ -23,6 +23,7 @@ from moto import mock_aws
 from integration_hub.exports.export import copy_sql, export_select, report_columns, stream_report
 from integration_hub.exports.sinks import S3Sink, SinkError
 from integration_hub_tests.fakes.moto_server import MotoServer
+from integration_hub_tests.test_exports_support import SlowPartUploads
 
 ROWS = 250_000  # ~16 MiB of CSV: three parts of 8 MiB
 BIG_REPORT = f"""
@@ -177,32 +178,15 @@ def test_report_order_by_survives_materialization_and_export(tmp_path: Path) -> 
 
 def test_sink_concurrency_is_bounded_and_keeps_part_order() -> None:
     """Exports upload up to UPLOAD_CONCURRENCY parts at once; parts still complete in order."""
-    import threading
-
     from integration_hub.exports.export import UPLOAD_CONCURRENCY
 
     with _bucket() as (client, bucket):
-        real_upload_part = client.upload_part
-        active = max_active = 0
-        lock = threading.Lock()
-
-        def slow_upload_part(**kwargs: Any) -> Any:
-            nonlocal active, max_active
-            with lock:
-                active += 1
-                max_active = max(max_active, active)
-            try:
-                time.sleep(0.05 * (1 + kwargs["PartNumber"] % 2))  # finish out of order
-                return real_upload_part(**kwargs)
-            finally:
-                with lock:
-                    active -= 1
-
-        client.upload_part = slow_upload_part
+        # Odd and even parts take different times, so they finish out of order.
+        uploads = SlowPartUploads(client, lambda part: 0.05 * (1 + part["PartNumber"] % 2))
         sink = S3Sink(client, bucket, "", max_concurrency=UPLOAD_CONCURRENCY)
         data = b"".join(bytes([65 + n]) * (8 * 1024 * 1024) for n in range(6)) + b"tail"
         with sink.open_write("ordered.bin") as writer:
             for start in range(0, len(data), 3_000_001):
                 writer.write(data[start : start + 3_000_001])
-        assert max_active == UPLOAD_CONCURRENCY
+        assert uploads.max_active == UPLOAD_CONCURRENCY
         assert client.get_object(Bucket=bucket, Key="ordered.bin")["Body"].read() == data

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -219,3 +221,29 @@ def expected_rows(catalog: Catalog, report: str = "people_report", escape: bool 
 
 def parse_csv(data: bytes) -> list[list[str]]:
     return list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+
+
+class SlowPartUploads:
+    """Stands in for a boto3 client's `upload_part`: waits `delay(kwargs)` seconds, then calls the
+    real one, recording each part's size and the most uploads that ran at once."""
+
+    def __init__(self, client: Any, delay: Callable[[dict[str, Any]], float]) -> None:
+        self.sizes: list[int] = []
+        self.max_active = 0
+        self._active = 0
+        self._lock = threading.Lock()
+        self._delay = delay
+        self._upload_part = client.upload_part
+        client.upload_part = self
+
+    def __call__(self, **kwargs: Any) -> Any:
+        with self._lock:
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
+        try:
+            time.sleep(self._delay(kwargs))
+            self.sizes.append(len(kwargs["Body"]))
+            return self._upload_part(**kwargs)
+        finally:
+            with self._lock:
+                self._active -= 1
