@@ -463,7 +463,7 @@ def run_transfer_reference(endpoint_url: str, key: str, work_dir: str) -> dict[s
     import boto3
     from boto3.s3.transfer import TransferConfig
 
-    from integration_hub.core.landing import CHUNK
+    from integration_hub.core.landing import CHUNK, COPY_OBJECT_LIMIT, LARGE_PART, download_config
 
     client = boto3.client(
         "s3", endpoint_url=endpoint_url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
@@ -494,14 +494,18 @@ def run_transfer_reference(endpoint_url: str, key: str, work_dir: str) -> dict[s
         client.download_file(BUCKET, key, str(target), Config=config)
         target.unlink()
 
-    ours = TransferConfig(multipart_chunksize=CHUNK * 2, max_concurrency=4)
-    big_parts = TransferConfig(multipart_chunksize=128 * MB, max_concurrency=4)
-    timed("download_file, as S3LandingStore.fetch (16 MiB ranged GETs, 4 at a time)", lambda: download(ours))
-    timed("download_file, 128 MiB ranged GETs, 4 at a time", lambda: download(big_parts))
+    size = client.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
+    fetch_config = download_config(size)
+    parts = -(-size // fetch_config.multipart_chunksize)
+    how = f"{parts} ranged GETs of {fetch_config.multipart_chunksize // MB} MiB, one wave" if size >= LARGE_PART else "one GET"
+    fetch_label = f"download_file as S3LandingStore.fetch ({how})"
+    timed(fetch_label, lambda: download(fetch_config))
+    timed("download_file, 128 MiB ranged GETs, 4 at a time", lambda: download(TransferConfig(multipart_chunksize=LARGE_PART, max_concurrency=4)))
     timed("get_object, one streamed GET", streamed_get)
     target.unlink()
-    timed("managed copy + delete, as S3LandingStore.move (8 MiB UploadPartCopy)", lambda: managed_copy(None))
-    timed("managed copy + delete, 128 MiB UploadPartCopy", lambda: managed_copy(TransferConfig(multipart_chunksize=128 * MB)))
+    move_config = TransferConfig(multipart_threshold=COPY_OBJECT_LIMIT)
+    timed("managed copy + delete, as S3LandingStore.move (one CopyObject)", lambda: managed_copy(move_config))
+    timed("managed copy + delete, 128 MiB UploadPartCopy", lambda: managed_copy(TransferConfig(multipart_chunksize=LARGE_PART)))
     timed("copy_object (one request) + delete", copy_object)
     return {"phases": phases}
 

@@ -10,6 +10,7 @@ import yaml
 from moto import mock_aws
 
 from integration_hub.cli.main import main
+from integration_hub.core import landing
 from integration_hub.core.catalog import parse_catalog
 from integration_hub.core.landing import S3LandingStore
 from integration_hub.core.state import dagster_instance, ensure_dagster_home
@@ -30,6 +31,29 @@ def test_listing_pages_past_1000_objects_and_skips_processed_folders() -> None:
     pending = S3LandingStore(client, "big", "in").list_pending("crm")
     assert len(pending) == 1100 and all("/success/" not in f.key for f in pending)
     assert len(calls) == 2 and all(c["query_string"]["delimiter"] == "/" for c in calls)
+
+
+@mock_aws
+def test_a_large_file_downloads_in_one_wave_of_ranged_gets(tmp_path, monkeypatch) -> None:
+    mib = 1024 * 1024
+    monkeypatch.setattr(landing, "LARGE_PART", mib)  # scaled down: 1 MiB stands for 128 MiB
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket="big")
+    store = S3LandingStore(client, "big", "in")
+    ranges: list[str] = []
+    client.meta.events.register("before-call.s3.GetObject", lambda params, **_: ranges.append(params["headers"].get("Range")))
+    for size, expected_parts in ((10 * mib + 5, landing.DOWNLOAD_STREAMS), (3 * mib, 3)):
+        body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        client.put_object(Bucket="big", Key=f"in/crm/f{size}.csv", Body=body)
+        (pending,) = [f for f in store.list_pending("crm") if f.size == size]
+        ranges.clear()
+        fetched = store.fetch(pending, tmp_path)
+        assert fetched.read_bytes() == body
+        # Never more ranges than streams (one wave), never smaller than LARGE_PART but the last.
+        assert len(ranges) == expected_parts and all(r and r.startswith("bytes=") for r in ranges)
+        starts = sorted(int(r[6:].split("-")[0]) for r in ranges)
+        assert all(b - a >= mib for a, b in zip(starts, starts[1:], strict=False))
+        fetched.unlink()
 
 
 def test_check_says_access_denied_and_never_shows_the_secret(tmp_path, capsys) -> None:

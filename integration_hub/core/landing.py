@@ -25,6 +25,7 @@ PENDING_SUFFIXES = (".csv", ".csv.gz")
 CHUNK = 8 * 1024 * 1024
 LARGE_PART = 128 * 1024 * 1024
 COPY_OBJECT_LIMIT = 5 * 1024**3 - 1
+DOWNLOAD_STREAMS = 4  # ranged GETs in flight at once
 
 
 class LandingError(Exception):
@@ -229,19 +230,14 @@ class S3LandingStore:
         return _sorted(files)
 
     def fetch(self, file: LandingFile, work_dir: Path) -> Path:
-        from boto3.s3.transfer import TransferConfig
-
         target = work_dir / file.name
-        # Few large ranged GETs: fast on S3, and S3-compatible servers that reread the object per
-        # range (moto, some gateways) are not punished with dozens of reads.
-        config = TransferConfig(multipart_threshold=LARGE_PART, multipart_chunksize=LARGE_PART, max_concurrency=4)
         self._call(
             "cannot download",
             self.client.download_file,
             Bucket=self.bucket,
             Key=self._key(file.key),
             Filename=str(target),
-            Config=config,
+            Config=download_config(file.size),
         )
         return target
 
@@ -284,6 +280,20 @@ class S3LandingStore:
             Body=text.encode("utf-8"),
             ContentType="text/csv; charset=utf-8",
         )
+
+
+def download_config(size: int):
+    """Ranged GETs of at least LARGE_PART, one wave of DOWNLOAD_STREAMS for a file of any size.
+
+    Few large ranges are fast on S3, and S3-compatible servers that reread the whole object for
+    every range (moto, some gateways) are not punished with dozens of reads.
+    """
+    from boto3.s3.transfer import TransferConfig
+
+    mib = 1024 * 1024
+    per_stream = -(-size // DOWNLOAD_STREAMS)
+    part = max(LARGE_PART, -(-per_stream // mib) * mib)
+    return TransferConfig(multipart_threshold=LARGE_PART, multipart_chunksize=part, max_concurrency=DOWNLOAD_STREAMS)
 
 
 def s3_client(connection: S3Connection):
