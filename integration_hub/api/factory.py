@@ -7,11 +7,9 @@ import time
 import dagster as dg
 
 from ..core.assets import (
-    TAG_INTEGRATION,
     TAG_TRIGGER,
     USER_PROFILES_KEY,
-    WRITER_POOL,
-    attribute_check_specs,
+    attributes_asset,
     attributes_key,
     attributes_result,
     integration_job,
@@ -78,18 +76,12 @@ def build_api_integration(catalog: Catalog, integration: ApiIntegration) -> dg.D
         ),
     )
 
-    @dg.asset(
-        key=table_key,
-        deps=[source_key],
-        group_name=name,
-        kinds={"duckdb", "api"},
-        pool=WRITER_POOL,
-        check_specs=attribute_check_specs(integration),
-        description=(
-            f"Attributes of `{name}`: one row per user_id from End User Update API batches, "
-            f"typed per the catalog mapping ({len(integration.properties)} properties); later batches win."
-        ),
-        tags={TAG_INTEGRATION: name},
+    @attributes_asset(
+        integration,
+        source_key,
+        "api",
+        f"Attributes of `{name}`: one row per user_id from End User Update API batches, "
+        f"typed per the catalog mapping ({len(integration.properties)} properties); later batches win.",
     )
     def attributes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         pending = store.pending_batch_ids(name)

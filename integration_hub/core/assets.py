@@ -52,6 +52,26 @@ def attribute_check_specs(integration: InboundIntegration) -> list[dg.AssetCheck
     ]
 
 
+def attributes_asset(
+    integration: InboundIntegration, source_key: dg.AssetKey, source_kind: str, description: str
+) -> Callable[..., dg.AssetsDefinition]:
+    """The decorator of an inbound integration's attribute table asset, for every inbound kind.
+
+    Downstream of its landed sources, in the integration's group, one writer at a time (the
+    pool), with the checks analysts rely on.
+    """
+    return dg.asset(
+        key=attributes_key(integration.name),
+        deps=[source_key],
+        group_name=integration.name,
+        kinds={"duckdb", source_kind},
+        pool=WRITER_POOL,
+        check_specs=attribute_check_specs(integration),
+        description=description,
+        tags={TAG_INTEGRATION: integration.name},
+    )
+
+
 def attribute_checks(
     con: duckdb.DuckDBPyConnection, integration: InboundIntegration, runs: Sequence[RunRecord]
 ) -> list[dg.AssetCheckResult]:

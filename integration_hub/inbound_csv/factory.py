@@ -7,11 +7,9 @@ import json
 import dagster as dg
 
 from ..core.assets import (
-    TAG_INTEGRATION,
     TAG_TRIGGER,
     USER_PROFILES_KEY,
-    WRITER_POOL,
-    attribute_check_specs,
+    attributes_asset,
     attributes_key,
     attributes_result,
     integration_job,
@@ -54,18 +52,12 @@ def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.D
         description=f"CSV files landed in {location} (processed ones move to success/ and failed/).",
     )
 
-    @dg.asset(
-        key=table_key,
-        deps=[files_key],
-        group_name=name,
-        kinds={"duckdb", "csv"},
-        pool=WRITER_POOL,
-        check_specs=attribute_check_specs(integration),
-        description=(
-            f"Attributes of `{name}`: one row per user_id from the CSV files in {location}, "
-            f"typed per the catalog mapping ({len(integration.properties)} properties)."
-        ),
-        tags={TAG_INTEGRATION: name},
+    @attributes_asset(
+        integration,
+        files_key,
+        "csv",
+        f"Attributes of `{name}`: one row per user_id from the CSV files in {location}, "
+        f"typed per the catalog mapping ({len(integration.properties)} properties).",
     )
     def attributes(
         context: dg.AssetExecutionContext, config: LandedFilesConfig, warehouse: WarehouseResource
