@@ -11,7 +11,7 @@ from .catalog import Catalog, InboundIntegration, Integration
 from .ingest import RunRecord, table_preview
 from .sql import DUCKDB_TYPES
 from .state import job_name, schedule_name
-from .warehouse import WarehouseResource, attributes_table, ensure_schema, same_type
+from .warehouse import WarehouseResource, attributes_table, ensure_schema, same_type, table_columns
 
 WRITER_POOL = "duckdb_writer"  # limited to 1 by the dagster.yaml that integration-hub writes
 RESOURCE_KEY = "warehouse"
@@ -79,11 +79,7 @@ def attribute_checks(
     total, distinct, nulls = con.execute(
         f'SELECT count(*), count(DISTINCT user_id), count(*) FILTER (user_id IS NULL) FROM "{table}"'
     ).fetchone()
-    actual = dict(
-        con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]
-        ).fetchall()
-    )
+    actual = table_columns(con, table)
     wrong = {
         name: f"{actual.get(name, 'missing')} (expected {DUCKDB_TYPES[ptype]})"
         for _, name, ptype in integration.inbound_properties

@@ -20,7 +20,13 @@ import duckdb
 
 from .catalog import InboundIntegration
 from .sql import blank, cast_expression, ident, literal, rejection_reason
-from .warehouse import MEMORY_LIMIT_ENV, attributes_table, ensure_attribute_table, ensure_bookkeeping
+from .warehouse import (
+    MEMORY_LIMIT_ENV,
+    attributes_table,
+    ensure_attribute_table,
+    ensure_bookkeeping,
+    table_columns,
+)
 
 Status = Literal["success", "partial", "failed", "skipped"]
 Progress = Callable[[str], None]  # receives a line for the run's log
@@ -227,11 +233,7 @@ def _rebuild_sql(
     """
     mapped = [name for _, name, _ in integration.inbound_properties]
     keep = integration.on_blank == "keep"
-    columns = con.execute(
-        "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
-        "ORDER BY column_index",
-        [table],
-    ).fetchall()
+    columns = list(table_columns(con, table).items())
     names = [name for name, _ in columns]
     stamp = f"CAST({literal(applied_at.isoformat())} AS TIMESTAMPTZ)"
     row_source = f"COALESCE(s._row_source, {literal(source)})"

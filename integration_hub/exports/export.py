@@ -39,7 +39,7 @@ import duckdb
 from ..core.catalog import AzureBlobConnection, Catalog, FileExportIntegration, S3Connection
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.sql import ident, literal
-from ..core.warehouse import ensure_bookkeeping
+from ..core.warehouse import ensure_bookkeeping, table_columns
 from ..reports.factory import ReportError, report_table
 from .sinks import AzureBlobSink, FileSink, S3Sink, SinkError, SinkWriter
 
@@ -179,12 +179,7 @@ def escape_formula(value: str) -> str:
 
 
 def report_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
-    rows = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
-        [table],
-    ).fetchall()
-    return [(name, data_type) for name, data_type in rows]
+    return list(table_columns(con, table).items())
 
 
 def export_select(columns: list[tuple[str, str]], table: str, escape_formulas: bool) -> str:
