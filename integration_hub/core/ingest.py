@@ -184,6 +184,11 @@ def _rejections_sql(user_id_source: str) -> str:
     """
 
 
+def _written_by(source: str, applied_at: datetime) -> tuple[str, str]:
+    """SQL for the `_updated_at` and `_source` of a written row (`s` is the source row)."""
+    return f"CAST({literal(applied_at.isoformat())} AS TIMESTAMPTZ)", f"COALESCE(s._row_source, {literal(source)})"
+
+
 def _merge_sql(
     integration: InboundIntegration, table: str, source: str, applied_at: datetime, valid_rows: str
 ) -> str:
@@ -192,8 +197,7 @@ def _merge_sql(
     updates = [
         f"{ident(n)} = COALESCE(s.{ident(n)}, t.{ident(n)})" if keep else f"{ident(n)} = s.{ident(n)}" for n in names
     ]
-    stamp = f"CAST({literal(applied_at.isoformat())} AS TIMESTAMPTZ)"
-    row_source = f"COALESCE(s._row_source, {literal(source)})"
+    stamp, row_source = _written_by(source, applied_at)
     updates += [f"_updated_at = {stamp}", f"_source = {row_source}"]
     insert_columns = ", ".join(["user_id", *(ident(n) for n in names), "_updated_at", "_source"])
     insert_values = ", ".join(["s.user_id", *(f"s.{ident(n)}" for n in names), stamp, row_source])
@@ -235,8 +239,7 @@ def _rebuild_sql(
     keep = integration.on_blank == "keep"
     columns = list(table_columns(con, table).items())
     names = [name for name, _ in columns]
-    stamp = f"CAST({literal(applied_at.isoformat())} AS TIMESTAMPTZ)"
-    row_source = f"COALESCE(s._row_source, {literal(source)})"
+    stamp, row_source = _written_by(source, applied_at)
     # Columns of properties no longer in the catalog keep their old values, so then every row joins.
     retained = [n for n in names if n not in mapped and n not in ("user_id", "_updated_at", "_source")]
     if retained:
