@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .catalog import Catalog, Connection, LocalConnection, S3Connection
-from .s3_errors import explain_s3_error
+from .s3_errors import S3_NOT_FOUND, explain_s3_error, s3_code
 
 PENDING_SUFFIXES = (".csv", ".csv.gz")
 CHUNK = 8 * 1024 * 1024
@@ -193,7 +192,7 @@ class S3LandingStore:
         try:
             return fn(**kwargs)
         except Exception as exc:  # botocore raises many kinds; each gets a clear message
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404") and action != "list":
+            if s3_code(exc) in ("NoSuchKey", "404") and action != "list":
                 raise FileNotFoundError(kwargs.get("Key")) from None
             raise self._error(exc, action) from None
 
@@ -254,7 +253,7 @@ class S3LandingStore:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if s3_code(exc) in S3_NOT_FOUND:
                 return False
             raise self._error(exc, "cannot read") from None
 
@@ -325,10 +324,3 @@ def sha256_of(path: Path) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def remove_quietly(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
