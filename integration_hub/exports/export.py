@@ -29,7 +29,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -75,7 +75,6 @@ class ExportResult:
     bytes: int
     url: str
     key: str
-    file_name: str
 
 
 @dataclass
@@ -86,7 +85,6 @@ class ExportPlan:
     file_name: str
     key: str  # folder/file_name, relative to the connection's prefix
     content_type: str
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- naming
@@ -139,16 +137,15 @@ def build_sink(catalog: Catalog, connection_name: str, **azure_client_kwargs: An
     if isinstance(connection, AzureBlobConnection):
         secret = connection.connection_string.get_secret_value() if connection.connection_string else None
         credential = connection.credential.get_secret_value() if connection.credential else None
-        sink = AzureBlobSink.from_settings(
+        return AzureBlobSink.from_settings(
             connection.container,
             connection.prefix,
             connection_string=secret,
             account_url=connection.account_url,
             credential=credential,
+            max_concurrency=UPLOAD_CONCURRENCY,
             **azure_client_kwargs,
         )
-        sink.max_concurrency = UPLOAD_CONCURRENCY
-        return sink
     raise ExportError(
         f"connection {connection_name!r} is a {connection.type} connection: file exports write to s3 or azure_blob"
     )
@@ -434,7 +431,7 @@ def run_file_export(
         raise ExportError(message) from exc
     run.status = "success"
     run.rows_read = run.rows_applied = rows
-    run.details.update({"bytes": size, "target_url": url, "file_name": plan.file_name})
+    run.details["bytes"] = size  # file_name and target_url were set with the plan
     run.message = f"wrote {url} ({rows} rows, {size} bytes)"
     record_run(con, run)
-    return run, ExportResult(rows=rows, bytes=size, url=url, key=plan.key, file_name=plan.file_name), preview
+    return run, ExportResult(rows=rows, bytes=size, url=url, key=plan.key), preview

@@ -585,6 +585,7 @@ class AzureBlobSink:
         connection_string: str | None = None,
         account_url: str | None = None,
         credential: str | None = None,
+        max_concurrency: int = 1,
         **client_kwargs: Any,
     ) -> AzureBlobSink:
         """Build from a connection string (incl. Azurite's) or an account URL + key/SAS credential.
@@ -622,7 +623,7 @@ class AzureBlobSink:
                 "Azure Blob destination needs `connection_string` or `account_url` (+ `credential`).",
                 code="MissingSettings",
             )
-        return cls(client, prefix)
+        return cls(client, prefix, max_concurrency=max_concurrency)
 
     def __repr__(self) -> str:
         return f"AzureBlobSink(container={self.container_name!r}, prefix={self.prefix!r})"
