@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from ..core.catalog import ApiIntegration
-from ..core.sql import TYPE_HINTS
+from ..core.sql import rejection_reason
 
 # DuckDB's trim() removes exactly the Unicode space separators (category Zs), not tabs or
 # newlines; the CSV path trims with it, so the API does the same.
@@ -77,7 +77,7 @@ def _nested(value: Any, depth: int = RECORD_DEPTH) -> InvalidValue:
 
 
 def _expected(property_type: str) -> InvalidValue:
-    return InvalidValue(f"not a valid {property_type}: expected {TYPE_HINTS[property_type]}")
+    return InvalidValue(rejection_reason(property_type))  # the same words as a rejected CSV cell
 
 
 def _text(value: Any) -> str | None:
@@ -265,7 +265,7 @@ class CompiledMapping:
 
     integration: str
     user_id_property: str
-    casts: dict[str, tuple[str, Callable[[Any], str | None]]]  # payload property -> (type, cast)
+    casts: dict[str, Callable[[Any], str | None]]  # payload property -> its type's cast
     keep_blank: bool  # on_blank: keep -> a later record's blank value does not erase an earlier one
 
     def validate(self, records: Sequence[Any]) -> ValidatedBatch:
@@ -289,7 +289,7 @@ class CompiledMapping:
     ) -> str | None:
         """The canonical text of a property value; repeated values (plans, flags, dates) are cast once."""
         if isinstance(value, dict | list | float):  # nested values raise; -0.0 == 0.0 as keys
-            text = self.casts[key][1](value)
+            text = self.casts[key](value)
             if text is not None:
                 _check_unicode(text)
             return text
@@ -298,7 +298,7 @@ class CompiledMapping:
             outcome = memo[memo_key]
         except KeyError:
             try:
-                outcome = self.casts[key][1](value)
+                outcome = self.casts[key](value)
                 if outcome is not None:
                     _check_unicode(outcome)
             except InvalidValue as exc:
@@ -385,6 +385,6 @@ def compile_mapping(integration: ApiIntegration) -> CompiledMapping:
     return CompiledMapping(
         integration=integration.name,
         user_id_property=integration.user_id_property,
-        casts={p.property: (p.type, CASTS[p.type]) for p in integration.properties},
+        casts={p.property: CASTS[p.type] for p in integration.properties},
         keep_blank=integration.on_blank == "keep",
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 DUCKDB_TYPES: dict[str, str] = {
     "string": "VARCHAR",
     "number": "DOUBLE",
@@ -28,10 +26,6 @@ def ident(name: str) -> str:
 def literal(value: str) -> str:
     """Quote a string literal for DuckDB (single quotes doubled inside)."""
     return "'" + value.replace("'", "''") + "'"
-
-
-def column_list(names: Iterable[str]) -> str:
-    return ", ".join(ident(n) for n in names)
 
 
 def blank(raw: str) -> str:
