@@ -39,7 +39,6 @@ MAX_GROUP_BATCHES = 1000
 PRUNE_EVERY_SECONDS = 600.0
 MAX_GROUP_BYTES = 64 * 1024 * 1024
 MIN_OBJECT_BYTES = 16 * 1024 * 1024
-_BATCH_PATTERN = r"(b_[0-9]{8}T[0-9]{12}Z_[0-9a-f]{8})\.ndjson$"
 _FILE_COLUMN = "_ih_file"
 _BATCH_COLUMN = "_ih_batch"
 
@@ -64,7 +63,8 @@ def group_source_sql(paths: list[str], integration: ApiIntegration, size_bytes: 
     files = "[" + ", ".join(literal(p) for p in paths) + "]"
     max_object = max(MIN_OBJECT_BYTES, size_bytes + 1)
     read = (
-        f"SELECT *, regexp_extract({ident(_FILE_COLUMN)}, {literal(_BATCH_PATTERN)}, 1) AS {ident(_BATCH_COLUMN)} "
+        # A batch file is named <batch id>.ndjson.
+        f"SELECT *, parse_filename({ident(_FILE_COLUMN)}, true) AS {ident(_BATCH_COLUMN)} "
         f"FROM read_json({files}, format = 'newline_delimited', columns = {{{columns}}}, "
         f"maximum_object_size = {max_object}, filename = {literal(_FILE_COLUMN)})"
     )
@@ -192,7 +192,7 @@ def apply_group(
             before_commit=record_batches,
         )
     except AlreadyApplied:
-        return []  # the caller lists again and only moves what is recorded
+        return []  # the run that recorded them moves them (or, had it crashed, the next run)
     except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.IOException) as exc:
         if len(group) > 1:  # find the unreadable batch: apply one by one
             return [

@@ -93,12 +93,11 @@ def _write_temp(directory: Path, data: bytes, sync: bool = True) -> Path:
     return tmp
 
 
-def write_durably(path: Path, data: bytes, sync_dir: bool = True) -> None:
+def write_durably(path: Path, data: bytes) -> None:
     """Atomically replace `path` with `data`: temp file, fsync, rename, fsync of the folder."""
     tmp = _write_temp(path.parent, data)
     os.replace(tmp, path)
-    if sync_dir:
-        fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _dumps(document: dict[str, Any]) -> bytes:
