@@ -245,10 +245,13 @@ def apply_pending(
             break
         seen.update(pending)
         recorded = _recorded(con, name, pending)
-        for batch_id, (run_id, status) in recorded.items():  # committed, but the move never happened
+        by_run: dict[tuple[str, str], list[str]] = {}
+        for batch_id, run in recorded.items():  # committed, but the move never happened
+            by_run.setdefault(run, []).append(batch_id)
+        for (run_id, status), batch_ids in by_run.items():
             outcome = _run_outcome(con, run_id)
-            _finish_all(store, integration, [batch_id], {}, outcome, failed=status == "failed")
-            log.info("%s was already applied by run %s: moved out of pending/", batch_id, run_id)
+            _finish_all(store, integration, batch_ids, {}, outcome, failed=status == "failed")
+            log.info("%d batch(es) already applied by run %s: moved out of pending/", len(batch_ids), run_id)
         for group in _groups(store, name, [b for b in pending if b not in recorded]):
             for run in apply_group(con, store, integration, group, dagster_run_id):
                 runs.append(run)
