@@ -58,6 +58,7 @@ def _check_catalog(root: Path, moto: MotoServer, azurite: AzuriteServer, monkeyp
          "folder": "daily"}
         for c in connections if c["name"] != "landing"
     ]
+    exports[3]["file_name"] = "by_day/{integration}_{date}.csv"  # to_az_ok writes into a subfolder
     document = {
         "warehouse": str(root / "warehouse.duckdb"),
         "connections": connections,
@@ -82,6 +83,7 @@ def test_check_writes_a_marker_and_says_what_failed(
     assert "bucket 'no-such-bucket-here' does not exist" in lines["FAIL to_s3_no_bucket"]
     assert "create it or fix `bucket`" in lines["FAIL to_s3_no_bucket"]
     assert lines["ok   to_az_ok"].startswith(f"ok   to_az_ok: can write to {azurite.account_url}/exports-ok/hub/")
+    assert f"files go to {azurite.account_url}/exports-ok/hub/daily/by_day/to_az_ok_" in lines["ok   to_az_ok"]
     assert "container 'no-such-container' does not exist" in lines["FAIL to_az_no_container"]
     assert "rejected the credentials" in lines["FAIL to_az_bad_key"]
     assert WRONG_KEY not in out and "AccountKey" not in out

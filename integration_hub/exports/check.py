@@ -33,8 +33,7 @@ def check_file_export(catalog: Catalog, integration: FileExportIntegration) -> l
         CheckOutcome(
             name,
             True,
-            f"can write to {where} (wrote and deleted a test object); files go to "
-            f"{folder_url(sink, integration.folder)}{plan.file_name.rsplit('/', 1)[-1]}",
+            f"can write to {where} (wrote and deleted a test object); files go to {sink.url(plan.key)}",
         )
     ]
     problem = _report_problem(catalog, integration)
