@@ -15,10 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .catalog import Catalog, Connection, LocalConnection, S3Connection
 from .s3_errors import S3_NOT_FOUND, explain_s3_error, s3_code
+
+if TYPE_CHECKING:  # boto3 is imported only when S3 is used
+    from boto3.s3.transfer import TransferConfig
 
 PENDING_SUFFIXES = (".csv", ".csv.gz")
 CHUNK = 8 * 1024 * 1024
@@ -281,7 +284,7 @@ class S3LandingStore:
         )
 
 
-def download_config(size: int):
+def download_config(size: int) -> TransferConfig:
     """Ranged GETs of at least LARGE_PART, one wave of DOWNLOAD_STREAMS for a file of any size.
 
     Few large ranges are fast on S3, and S3-compatible servers that reread the whole object for
