@@ -14,10 +14,10 @@ from ..core.assets import (
     attributes_result,
     integration_job,
     integration_schedule,
-    sensor_status,
+    integration_sensor,
 )
 from ..core.catalog import ApiIntegration, Catalog
-from ..core.state import job_name, sensor_name
+from ..core.state import job_name
 from ..core.warehouse import WarehouseResource, ensure_schema
 from .applying import apply_pending
 from .batches import BatchStore
@@ -97,12 +97,8 @@ def build_api_integration(catalog: Catalog, integration: ApiIntegration) -> dg.D
         integration, [table_key, USER_PROFILES_KEY], f"Apply the pending API batches of {name} and refresh user_profiles."
     )
 
-    @dg.sensor(
-        name=sensor_name(integration),
-        job=job,
-        minimum_interval_seconds=integration.sensor_interval_seconds,
-        default_status=sensor_status(integration),
-        description=f"Starts a run when the End User Update API lands batches for {name} in {location}.",
+    @integration_sensor(
+        integration, job, f"Starts a run when the End User Update API lands batches for {name} in {location}."
     )
     def batches_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         pending = store.pending_batch_ids(name)

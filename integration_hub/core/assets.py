@@ -10,7 +10,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from .catalog import Catalog, InboundIntegration, Integration
 from .ingest import RunRecord, table_preview
 from .sql import DUCKDB_TYPES
-from .state import job_name, schedule_name
+from .state import job_name, schedule_name, sensor_name
 from .warehouse import WarehouseResource, attributes_table, ensure_schema, same_type, table_columns
 
 WRITER_POOL = "duckdb_writer"  # limited to 1 by the dagster.yaml that integration-hub writes
@@ -164,6 +164,19 @@ def integration_job(
         executor_def=dg.in_process_executor,  # one small step after another: no process per step
         tags={TAG_INTEGRATION: integration.name},
         hooks=hooks,
+        description=description,
+    )
+
+
+def integration_sensor(
+    integration: InboundIntegration, job: UnresolvedAssetJobDefinition, description: str
+) -> Callable[..., dg.SensorDefinition]:
+    """The decorator of an inbound integration's sensor: its name, interval and on/off default."""
+    return dg.sensor(
+        name=sensor_name(integration),
+        job=job,
+        minimum_interval_seconds=integration.sensor_interval_seconds,
+        default_status=sensor_status(integration),
         description=description,
     )
 

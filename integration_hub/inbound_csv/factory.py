@@ -14,11 +14,10 @@ from ..core.assets import (
     attributes_result,
     integration_job,
     integration_schedule,
-    sensor_status,
+    integration_sensor,
 )
 from ..core.catalog import Catalog, CsvIntegration, S3Connection
 from ..core.landing import landing_store
-from ..core.state import sensor_name
 from ..core.warehouse import WarehouseResource, ensure_schema
 from .processing import process_file
 
@@ -83,13 +82,7 @@ def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.D
         integration, [table_key, USER_PROFILES_KEY], f"Process the pending CSV files of {name} and refresh user_profiles."
     )
 
-    @dg.sensor(
-        name=sensor_name(integration),
-        job=job,
-        minimum_interval_seconds=integration.sensor_interval_seconds,
-        default_status=sensor_status(integration),
-        description=f"Starts a run when new CSV files land in {location}.",
-    )
+    @integration_sensor(integration, job, f"Starts a run when new CSV files land in {location}.")
     def files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         pending = landing_store(catalog, connection).list_pending(integration.folder)
         # The cursor holds only fingerprints of files still pending, so it stays small.
