@@ -361,7 +361,7 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
     if not catalog_path.exists():
         raise CatalogError(
             [
-                f"catalog file {catalog_path} does not exist: create it (see README 'The catalog'), "
+                f"catalog file {catalog_path} does not exist: create it (see docs/catalog.md), "
                 f"pass --catalog PATH, or set ${CATALOG_ENV}"
             ]
         )
@@ -444,7 +444,7 @@ def _pydantic_problems(
             hint = f": set the environment variable {env[0]}" if env else ": add it"
         elif error["type"] == "extra_forbidden":
             message = "is not a known field"
-            hint = ": remove it or check its spelling (see README 'The catalog')"
+            hint = ": remove it or check its spelling (see docs/catalog.md)"
         elif error["type"] == "literal_error":
             hint = f" (got {error.get('input')!r})"
         elif error["type"] == "string_pattern_mismatch":
