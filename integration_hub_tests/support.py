@@ -104,7 +104,17 @@ def local_landing_at(root: Path) -> Landing:
 
 
 def run_job(catalog: Catalog, integration: str, files: list[str] | None = None) -> dg.ExecuteInProcessResult:
-    """Run an integration's job in-process, as a schedule (files=None) or the sensor would."""
+    """Run an integration's job in-process, as a schedule (files=None) or the sensor would.
+
+    A run in which no source applied fails: `result.success` is False (no exception is raised).
+    """
+    return run_job_with_tags(catalog, integration, files)[0]
+
+
+def run_job_with_tags(
+    catalog: Catalog, integration: str, files: list[str] | None = None
+) -> tuple[dg.ExecuteInProcessResult, dict[str, str]]:
+    """run_job, and the run's tags as the Runs page shows them after the run (the outcome tag)."""
     from integration_hub.core.assets import attributes_key
     from integration_hub.definitions import build_definitions
 
@@ -113,7 +123,16 @@ def run_job(catalog: Catalog, integration: str, files: list[str] | None = None) 
     if files is not None:
         run_config = {"ops": {attributes_key(integration).to_python_identifier(): {"config": {"files": files}}}}
     with dg.DagsterInstance.ephemeral() as instance:
-        return job.execute_in_process(instance=instance, run_config=run_config)
+        result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+        run = instance.get_run_by_id(result.run_id)
+        assert run is not None
+        return result, dict(run.tags)
+
+
+def failure_reason(result: dg.ExecuteInProcessResult) -> str:
+    """The description of the Failure that made the run red."""
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.error.message
 
 
 def query(catalog: Catalog, sql: str, params: list[Any] | None = None) -> list[tuple]:

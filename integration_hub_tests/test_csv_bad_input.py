@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from integration_hub_tests.support import CRM_INTEGRATION, Landing, query, run_job, runs_of
+from integration_hub_tests.support import CRM_INTEGRATION, Landing, failure_reason, query, run_job, runs_of
 
 HEADER = "email,Plan Tier,tickets,is_active,signup,last_login\n"
 
@@ -21,8 +21,13 @@ def _catalog(landing: Landing):
 def process(landing: Landing, name: str, content: str | bytes, **integration) -> dict:
     catalog = landing.write_catalog({**CRM_INTEGRATION, **integration})
     landing.put(f"crm/{name}", content)
-    assert run_job(catalog, "crm").success
-    return runs_of(catalog)[-1]
+    result = run_job(catalog, "crm")
+    run = runs_of(catalog)[-1]
+    # The file is the run's only source: the run fails (red) exactly when the file failed, with its reason.
+    assert result.success == (run["status"] != "failed")
+    if not result.success:
+        assert run["message"] in failure_reason(result) and name in failure_reason(result)
+    return run
 
 
 def failed_with(landing: Landing, run: dict, name: str, *phrases: str) -> None:

@@ -76,7 +76,7 @@ def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.D
                 if run is not None:
                     context.log.info(run.summary())
                     runs.append(run)
-            return attributes_result(con, integration, runs)
+            return attributes_result(context, con, integration, runs)
 
     job = integration_job(
         integration, [table_key, USER_PROFILES_KEY], f"Process the pending CSV files of {name} and refresh user_profiles."

@@ -11,9 +11,10 @@ The job materializes the report and then syncs it, in one run. No sensor: the sc
 import dagster as dg
 import duckdb
 
-from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule
+from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule, publish_outcome
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
-from ..core.ingest import new_run_id, now_utc
+from ..core.ingest import RunRecord, new_run_id, now_utc
+from ..core.outcome import RunOutcome, run_outcome
 from ..core.warehouse import WarehouseResource, ensure_schema
 from ..reports.factory import report_failure_hook, report_key
 from .auth import login_host
@@ -61,6 +62,14 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         kinds={"salesforce"},
         pool=WRITER_POOL,
         tags={TAG_INTEGRATION: name},
+        check_specs=[
+            dg.AssetCheckSpec(
+                "records_applied",
+                asset=key,
+                description="Every report row of the latest sync reached Salesforce: none invalid, none failed. "
+                "Fails with WARN severity on a partial sync (the run is tagged integration_hub/outcome=partial).",
+            )
+        ],
         description=(
             f"Salesforce exports: report `{integration.report}` synced into {target}, update only, matched on "
             f"`{integration.report_key}` = `{integration.salesforce_key}`; fields {fields}. The table "
@@ -76,12 +85,32 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
                 result = run_sync(con, catalog, integration, full_resync=config.full_resync,
                                   dagster_run_id=context.run_id, log=context.log)
             except SyncError as exc:
-                raise dg.Failure(description=str(exc), allow_retries=False) from None
+                failure = str(exc)
+            else:
+                failure = None
+            if failure is not None:  # recorded as a failed sync already; now the Dagster run fails with it
+                publish_outcome(context, name, RunOutcome("failed", failure))
             snapshot_rows = con.execute(
                 "SELECT count(*) FROM salesforce_snapshots WHERE integration = ?", [name]
             ).fetchone()[0]
         context.log.info(result.message)
+        outcome = run_outcome([RunRecord(run_id=result.run_id, integration=name, kind="salesforce",
+                                         source=f"{integration.report} -> {integration.object}",
+                                         started_at=result.started_at, status=result.hub_status,  # type: ignore[arg-type]
+                                         rows_rejected=result.counts["invalid"] + result.counts["failed"],
+                                         message=result.message)])
+        publish_outcome(context, name, outcome)
         return dg.MaterializeResult(
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="records_applied",
+                    passed=outcome.ok,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=outcome.reason,
+                    metadata={"outcome": outcome.outcome, "invalid": result.counts["invalid"],
+                              "failed": result.counts["failed"]},
+                )
+            ],
             metadata={
                 "dagster/row_count": snapshot_rows,
                 "integration_run_id": result.run_id,
