@@ -220,7 +220,7 @@ class SalesforceIntegration(_IntegrationBase):
 
 
 class FileExportIntegration(_IntegrationBase):
-    """Outbound CSV files of a report into S3 or Azure Blob."""
+    """Outbound CSV files of a report into S3, Azure Blob or a local folder."""
 
     type: Literal["file_export"]
     connection: str
@@ -511,7 +511,7 @@ def semantic_problems(catalog: Catalog) -> Iterable[str]:
         wanted = {
             "s3_csv": (S3Connection, LocalConnection),
             "salesforce": (SalesforceConnection,),
-            "file_export": (S3Connection, AzureBlobConnection),
+            "file_export": (S3Connection, AzureBlobConnection, LocalConnection),
         }.get(integration.type)
         if wanted is not None:
             connection_name = integration.connection  # type: ignore[union-attr]
