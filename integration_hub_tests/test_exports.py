@@ -320,3 +320,27 @@ def test_file_name_patterns() -> None:
         render_file_name(integration(file_name="../x.csv"), start)
     with pytest.raises(CatalogError, match="unknown placeholder"):
         integration(file_name="{day}.csv")
+
+
+def test_run_after_inbound_runs_the_export_once_per_user_profiles_refresh(tmp_path: Path) -> None:
+    from integration_hub.core.assets import USER_PROFILES_KEY
+
+    catalog = write_catalog(tmp_path, {"name": "outbox", "type": "local", "path": str(tmp_path / "out")},
+                            {"run_after_inbound": True})
+    defs = build_definitions(catalog)
+    sensor = defs.resolve_sensor_def("daily_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.job_name == "daily_job"
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.build_sensor_context(instance=instance, definitions=defs)
+        assert not _run_requests(sensor, context)  # nothing refreshed yet: no run
+        instance.report_runless_asset_event(dg.AssetMaterialization(USER_PROFILES_KEY))
+        context = dg.build_sensor_context(instance=instance, definitions=defs)
+        [request] = _run_requests(sensor, context)
+        assert request.tags["integration_hub/trigger"] == "after_inbound"
+        context = dg.build_sensor_context(instance=instance, cursor=context.cursor, definitions=defs)
+        assert not _run_requests(sensor, context)  # the same refresh is not exported twice
+
+
+def _run_requests(sensor: dg.SensorDefinition, context: dg.SensorEvaluationContext) -> list[dg.RunRequest]:
+    return [r for r in sensor(context) or [] if isinstance(r, dg.RunRequest)]

@@ -7,7 +7,7 @@ import dagster as dg
 import duckdb
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from .catalog import Catalog, InboundIntegration, Integration
+from .catalog import Catalog, FileExportIntegration, InboundIntegration, Integration, SalesforceIntegration
 from .ingest import RunRecord, table_preview
 from .outcome import TAG_OUTCOME, RunOutcome, run_outcome, worst
 from .sql import DUCKDB_TYPES
@@ -18,6 +18,7 @@ WRITER_POOL = "duckdb_writer"  # limited to 1 by the dagster.yaml that integrati
 RESOURCE_KEY = "warehouse"
 TAG_INTEGRATION = "integration_hub/integration"
 TAG_TRIGGER = "integration_hub/trigger"
+AFTER_INBOUND_INTERVAL_SECONDS = 10  # how often an outbound integration looks for a refreshed user_profiles
 
 
 def sensor_status(integration: Integration) -> dg.DefaultSensorStatus:
@@ -255,3 +256,27 @@ def integration_schedule(
         return dg.RunRequest(tags={TAG_TRIGGER: "schedule"})
 
     return _schedule
+
+
+def after_inbound_sensors(
+    integration: FileExportIntegration | SalesforceIntegration, job: UnresolvedAssetJobDefinition
+) -> list[dg.SensorDefinition]:
+    """With `run_after_inbound: true`, a sensor that runs the outbound job once user_profiles is refreshed
+    (after any inbound run that applied data), so the report and what it feeds follow the sources."""
+    name = sensor_name(integration)
+    if not integration.run_after_inbound or name is None:
+        return []
+
+    @dg.asset_sensor(
+        asset_key=USER_PROFILES_KEY,
+        job=job,
+        name=name,
+        minimum_interval_seconds=AFTER_INBOUND_INTERVAL_SECONDS,
+        default_status=sensor_status(integration),
+        description=f"Runs {integration.name} after each inbound run that refreshed user_profiles.",
+    )
+    def _after_inbound(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry) -> dg.RunRequest:
+        # One run per refresh: the run key names the run that refreshed user_profiles.
+        return dg.RunRequest(run_key=f"user_profiles-{asset_event.run_id}", tags={TAG_TRIGGER: "after_inbound"})
+
+    return [_after_inbound]

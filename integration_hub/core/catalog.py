@@ -215,6 +215,7 @@ class SalesforceIntegration(_IntegrationBase):
     salesforce_key: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     fields: list[SalesforceField] = Field(min_length=1)
     schedule: str = "0 9 * * *"
+    run_after_inbound: bool = False  # also run right after an inbound run refreshes user_profiles
     on_multiple_matches: Literal["skip", "update_all"] = "skip"
     bulk_threshold: int = Field(default=2000, ge=1)
 
@@ -232,6 +233,7 @@ class FileExportIntegration(_IntegrationBase):
     escape_formulas: bool = True
     overwrite: bool = False
     schedule: str = "0 9 * * *"
+    run_after_inbound: bool = False  # also run right after an inbound run refreshes user_profiles
 
     @field_validator("folder")
     @classmethod

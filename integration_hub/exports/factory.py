@@ -1,7 +1,8 @@
 """One file export integration as Dagster definitions: the export asset, its job and schedule.
 
 The job materializes the report and then exports it, in the same run, so every file holds
-fresh data. There is no sensor: exports run on their schedule or on `integration-hub run`.
+fresh data. Exports run on their schedule, on `integration-hub run`, and with `run_after_inbound: true`
+right after each inbound run that refreshed user_profiles (a sensor).
 """
 
 
@@ -10,7 +11,14 @@ from datetime import datetime, timezone
 import dagster as dg
 import duckdb
 
-from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule, publish_outcome
+from ..core.assets import (
+    TAG_INTEGRATION,
+    WRITER_POOL,
+    after_inbound_sensors,
+    integration_job,
+    integration_schedule,
+    publish_outcome,
+)
 from ..core.catalog import Catalog, FileExportIntegration, LocalConnection, S3Connection
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.outcome import RunOutcome, run_outcome
@@ -127,4 +135,6 @@ def build_file_export_integration(catalog: Catalog, integration: FileExportInteg
         integration, job, f"Exports report {integration.report} to {target} on this schedule (UTC)."
     )
 
-    return dg.Definitions(assets=[export], jobs=[job], schedules=[export_schedule])
+    return dg.Definitions(
+        assets=[export], jobs=[job], schedules=[export_schedule], sensors=after_inbound_sensors(integration, job)
+    )

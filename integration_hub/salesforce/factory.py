@@ -3,15 +3,23 @@
 The asset `salesforce_<name>` ("Salesforce exports") is the snapshot of what was last sent to
 Salesforce per key (table `salesforce_snapshots`); it sits downstream of the report, so the
 lineage CSV/API -> attributes -> user_profiles -> report -> Salesforce shows in the asset graph.
-The job materializes the report and then syncs it, in one run. No sensor: the schedule (daily
-09:00 UTC by default) or `integration-hub run NAME` starts it.
+The job materializes the report and then syncs it, in one run. The schedule (daily 09:00 UTC by
+default) or `integration-hub run NAME` starts it; with `run_after_inbound: true` a sensor also
+starts it right after each inbound run that refreshed user_profiles.
 """
 
 
 import dagster as dg
 import duckdb
 
-from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule, publish_outcome
+from ..core.assets import (
+    TAG_INTEGRATION,
+    WRITER_POOL,
+    after_inbound_sensors,
+    integration_job,
+    integration_schedule,
+    publish_outcome,
+)
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
 from ..core.ingest import RunRecord, new_run_id, now_utc
 from ..core.outcome import RunOutcome, run_outcome
@@ -146,4 +154,6 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         integration, job, f"Syncs report {integration.report} into Salesforce {integration.object} (UTC)."
     )
 
-    return dg.Definitions(assets=[sync], jobs=[job], schedules=[sync_schedule])
+    return dg.Definitions(
+        assets=[sync], jobs=[job], schedules=[sync_schedule], sensors=after_inbound_sensors(integration, job)
+    )
