@@ -16,7 +16,14 @@ import yaml
 from integration_hub.cli.main import main
 from integration_hub.core.catalog import load_catalog
 from integration_hub.core.ingest import RunRecord, apply_source, new_run_id, now_utc
-from integration_hub.core.warehouse import Lake, LakeError, open_reader, open_writer, prepare_lake, transaction
+from integration_hub.core.warehouse import (
+    Lake,
+    LakeError,
+    open_reader,
+    open_writer,
+    prepare_lake,
+    transaction,
+)
 from integration_hub_tests.support import Landing, query, run_job
 
 HEADER = "email,Plan Tier,tickets,is_active,signup,last_login\n"
