@@ -23,7 +23,9 @@ from pathlib import Path
 DEMO_CATALOG = """\
 # The demo catalog: CSV files dropped in a local folder, the End User Update API, two reports,
 # a CSV export into a local folder, and a Salesforce sync that waits for your org (disabled).
-warehouse: data/warehouse.duckdb
+warehouse:                             # a DuckLake: a SQLite catalog and a folder of Parquet files
+  catalog: data/catalog.sqlite
+  data_path: data/lake/
 landing: data/api_landing
 max_attributes: 100
 

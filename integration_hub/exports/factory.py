@@ -13,9 +13,9 @@ import duckdb
 
 from ..core.assets import (
     TAG_INTEGRATION,
-    WRITER_POOL,
     after_inbound_sensors,
     integration_job,
+    integration_pool,
     integration_schedule,
     publish_outcome,
 )
@@ -68,7 +68,7 @@ def build_file_export_integration(catalog: Catalog, integration: FileExportInteg
         deps=[upstream],
         group_name=name,
         kinds={storage_kind, "csv"},
-        pool=WRITER_POOL,
+        pool=integration_pool(integration.name),
         tags={TAG_INTEGRATION: name},
         description=(
             f"Report `{integration.report}` written as one CSV file{compression} `{integration.file_name}` "

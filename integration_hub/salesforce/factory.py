@@ -14,16 +14,16 @@ import duckdb
 
 from ..core.assets import (
     TAG_INTEGRATION,
-    WRITER_POOL,
     after_inbound_sensors,
     integration_job,
+    integration_pool,
     integration_schedule,
     publish_outcome,
 )
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
 from ..core.ingest import RunRecord, new_run_id, now_utc
 from ..core.outcome import RunOutcome, run_outcome
-from ..core.warehouse import WarehouseResource, ensure_schema
+from ..core.warehouse import WarehouseResource, ensure_schema, transaction
 from ..reports.factory import report_failure_hook, report_key
 from .auth import login_host
 from .sync import SyncError, SyncResult, ensure_salesforce_tables, record_sync_run, run_sync
@@ -68,7 +68,7 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         deps=[upstream],
         group_name=name,
         kinds={"salesforce"},
-        pool=WRITER_POOL,
+        pool=integration_pool(integration.name),
         tags={TAG_INTEGRATION: name},
         check_specs=[
             dg.AssetCheckSpec(
@@ -136,10 +136,9 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         result = SyncResult(run_id=new_run_id(), integration=name, report=integration.report,
                             object=integration.object, started_at=now_utc(), dagster_run_id=dagster_run_id,
                             message=f"nothing sent: report {integration.report!r} failed: {reason}")
-        con.execute("BEGIN TRANSACTION")
-        ensure_salesforce_tables(con)
-        record_sync_run(con, result)
-        con.execute("COMMIT")
+        with transaction(con):
+            ensure_salesforce_tables(con)
+            record_sync_run(con, result)
 
     report_failed = report_failure_hook(name, key, record_report_failure)
 
