@@ -1,7 +1,11 @@
-"""`integration-hub demo`: a sample catalog and files for a local-folder integration, then the UI.
+"""`integration-hub demo`: a sample catalog and files, then the Dagster UI and the API server.
 
-Nothing in the demo needs a cloud account: the landing folder is on this machine, the sensor
-notices the sample files within seconds and the first run succeeds within a minute.
+Nothing in the demo needs a cloud account: the landing and export folders are on this machine.
+The sensor notices the sample files within seconds; once their run refreshed user_profiles, the
+export's sensor writes data/exports/active_users.csv, so the whole lineage (files -> attributes ->
+user_profiles -> report -> exported file) has run within about a minute. Both ports are checked
+before anything starts, and Ctrl-C stops every process the demo started (each child leads its own
+process group, which is stopped whole).
 """
 
 from __future__ import annotations
