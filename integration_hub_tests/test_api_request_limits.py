@@ -319,7 +319,7 @@ def test_headers_over_16_kib_get_431(server: ApiServer, env: Env, nothing_lands:
             b"POST /v1/end-users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {env.tokens.bearer}\r\nX-Big: ".encode()
         )
-        for _ in range(64):  # 4 MB
+        for _ in range(32):  # 2 MB
             sock.sendall(b"a" * 65536)
         answer = read_raw_answer(sock)
     assert answer.status == 431 and answer.body["error"] == "headers_too_large" and answer.closed
@@ -362,6 +362,25 @@ def test_a_body_that_stalls_gets_408(server: ApiServer, env: Env, nothing_lands:
         "message": "the body stopped arriving for 1 s: send the whole body without pausing",
     }
     assert 0.5 < waited < 3
+
+
+def test_a_client_sending_a_body_after_an_early_answer_still_reads_it(
+    server: ApiServer, env: Env, nothing_lands: None
+) -> None:
+    """413 before the body is read, 401 before it is complete: answered, then the connection ends."""
+    content = b'{"integration_token": "x", "data": ["' + b"a" * (5 * MB + 500_000) + b'"]}'
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /v1/end-users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {env.tokens.bearer}\r\nContent-Length: {len(content)}\r\n\r\n".encode()
+            + content  # all of it, before reading: what most clients do
+        )
+        answer = read_raw_answer(sock)
+    assert answer.status == 413 and answer.body["error"] == "payload_too_large" and answer.closed
+    with _connect(server) as sock:
+        sock.sendall(b"POST /v1/end-users HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+        answer = read_raw_answer(sock)  # a trickling body cannot keep the connection
+    assert answer.status == 401 and answer.body["error"] == "unauthorized" and answer.closed
 
 
 def test_slow_and_oversized_clients_do_not_delay_others(

@@ -10,9 +10,11 @@ keep its connection forever. This protocol, selected by `serve` (`http=`):
   opened (or, on a kept-alive connection, after the next request's first byte); a
   connection that sends nothing is closed then;
 - answers malformed HTTP with the API's JSON error shape rather than uvicorn's plain text;
-- after an answer given before the request's body ended (401, 415, ...), reads and drops
-  what the client still sends for at most a second and closes the connection, so the client
-  sees the answer rather than a reset, and cannot keep a connection by trickling a body.
+- after an answer given before the request's body ended (401, 413, 415, ...), reads and
+  drops what the client still sends (for a second, at most a body's limit + 1 MiB), then
+  closes: the client sees the answer rather than a reset, and cannot keep a connection by
+  trickling a body. (uvicorn keeps reading such a body, each byte restarting its keep-alive
+  timer, or, after `Connection: close`, closes at once and resets a client still sending.)
 
 The body's own pace is the app's concern (`request_body.read_body`: 408).
 """
@@ -30,6 +32,7 @@ from uvicorn.server import ServerState
 from .settings import process_settings
 
 LINGER_SECONDS = 1.0  # how long an answered connection still drops what the client sends
+LINGER_EXTRA_BYTES = 1024 * 1024  # and how much of it at most, beyond the largest body allowed
 
 
 class _HeadTooLarge(Exception):
@@ -50,6 +53,19 @@ def error_response(status: int, code: str, message: str, default_headers: list[t
     return b"".join(head) + body
 
 
+class _CloseAfterTheRequest:
+    """The transport as a request's cycle sees it: its close() waits for the request to be read."""
+
+    def __init__(self, protocol: ApiHttpProtocol) -> None:
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol.close_after_answer()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol.transport, name)
+
+
 class ApiHttpProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with a size limit and a deadline for each request head."""
 
@@ -64,11 +80,13 @@ class ApiHttpProtocol(HttpToolsProtocol):
         settings = process_settings()
         self.max_head_bytes = settings.max_header_bytes
         self.head_timeout = settings.header_timeout
+        self.linger_bytes = settings.max_body_bytes + LINGER_EXTRA_BYTES
         self.head_bytes = 0  # bytes received while reading the current request head
         self.reading_head = True
         self.head_timer: asyncio.TimerHandle | None = None
         self.refusal: tuple[int, str, str] | None = None  # the answer instead of uvicorn's 400
         self.lingering = False
+        self.lingered_bytes = 0
 
     # -- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -81,6 +99,9 @@ class ApiHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
+            self.lingered_bytes += len(data)
+            if self.lingered_bytes > self.linger_bytes:
+                self.transport.close()
             return
         if self.reading_head:
             self.head_bytes += len(data)  # all of it is head until the parser says otherwise
@@ -100,6 +121,8 @@ class ApiHttpProtocol(HttpToolsProtocol):
             self.refusal = (431, "headers_too_large", self._too_large_message())
             raise _HeadTooLarge
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = _CloseAfterTheRequest(self)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -142,8 +165,15 @@ class ApiHttpProtocol(HttpToolsProtocol):
         self.transport.write(error_response(status, code, message, self.server_state.default_headers))
         self._linger()
 
+    def close_after_answer(self) -> None:
+        """Close now, or once the client stops sending a body it had not finished."""
+        if self.cycle is not None and self.cycle.more_body:
+            self._linger()
+        else:
+            self.transport.close()
+
     def _linger(self) -> None:
-        """Close after the answer; until then drop what the client still sends (at most 1 s)."""
+        """Close after the answer; until then drop what the client still sends (at most 1 s, linger_bytes)."""
         if self.transport.is_closing() or self.lingering:
             return
         self.lingering = True
