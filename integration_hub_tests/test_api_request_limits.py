@@ -443,6 +443,9 @@ def test_slow_and_oversized_clients_do_not_delay_others(
 def test_unknown_paths_and_methods_answer_in_the_error_shape(client: httpx.Client) -> None:
     message = assert_error(client.get("/v2/nothing"), 404, "not_found")
     assert message.startswith("no such endpoint: GET /v2/nothing; the API serves POST /v1/end-users")
+    assert assert_error(client.post("/v1/end-users/", json={}), 404, "not_found").startswith(
+        "no such endpoint: POST /v1/end-users/;"
+    )
     answer = client.put("/v1/end-users", content=b"{}")
     assert assert_error(answer, 405, "method_not_allowed") == "PUT /v1/end-users is not allowed: use POST"
     assert answer.headers["Allow"] == "POST"

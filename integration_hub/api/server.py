@@ -586,6 +586,7 @@ def create_app(
         docs_url="/docs",
         openapi_url="/openapi.json",
         redoc_url=None,
+        redirect_slashes=False,  # /healthz/ is 404 JSON, not a redirect outside the document
     )
     app.state.hub = hub
     app.add_exception_handler(StarletteHTTPException, http_error)
