@@ -379,8 +379,18 @@ def test_a_client_sending_a_body_after_an_early_answer_still_reads_it(
     assert answer.status == 413 and answer.body["error"] == "payload_too_large" and answer.closed
     with _connect(server) as sock:
         sock.sendall(b"POST /v1/end-users HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+        started = time.monotonic()
         answer = read_raw_answer(sock)  # a trickling body cannot keep the connection
-    assert answer.status == 401 and answer.body["error"] == "unauthorized" and answer.closed
+        assert answer.status == 401 and answer.body["error"] == "unauthorized" and answer.closed
+        assert time.monotonic() - started < 3
+    with _connect(server) as sock:  # a body that ends soon after the answer: the connection goes on
+        sock.sendall(b"POST /v1/end-users HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        sock.settimeout(0.3)
+        first = read_raw_answer(sock)
+        assert first.status == 401 and not first.closed
+        sock.sendall(b'{"a": 1}  ' + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(1)
+        assert read_raw_answer(sock).status == 200
 
 
 def test_slow_and_oversized_clients_do_not_delay_others(

@@ -306,7 +306,7 @@ def test_deeply_nested_json_is_400_not_a_crash(client: httpx.Client, env: Env) -
     bomb = b"[" * 200_000 + b"]" * 200_000
     response = client.post("/v1/end-users", content=bomb, headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and response.json()["error"] == "invalid_request"
-    assert "200,000 JSON objects and arrays, more than the 8,002 allowed" in response.json()["message"]
+    assert "more than 8,002 JSON objects and arrays" in response.json()["message"]
     nested: object = "x"
     for _ in range(40):
         nested = {"a": nested}

@@ -7,7 +7,13 @@ import json
 import duckdb
 import pytest
 
-from integration_hub.api.document import MAX_JSON_DEPTH, DocumentRefused, LongInteger, parse_document
+from integration_hub.api.document import (
+    MAX_JSON_DEPTH,
+    DocumentRefused,
+    LongInteger,
+    count_containers,
+    parse_document,
+)
 from integration_hub.api.validation import (
     CASTS,
     MAX_PROBLEMS,
@@ -139,15 +145,15 @@ def test_user_ids() -> None:
 
 @pytest.mark.parametrize("digits", [1025, 2000, 4000, 4301, 100_000])
 def test_the_user_id_length_limit_holds_for_integers_of_any_size(digits: int) -> None:
-    """JSON integers too: as int (up to 600 digits) or as LongInteger text (beyond, never int())."""
+    """JSON integers too: as int, or as LongInteger text past int()'s limit (which never refuses the body)."""
     document = parse_document(b'{"data": [{"userId": 1%s}]}' % (b"0" * (digits - 1)), 100)
     value = document["data"][0]["userId"]
-    assert isinstance(value, LongInteger) and len(value) == digits
+    assert isinstance(value, LongInteger if digits > 4300 else int) and len(str(value)) == digits
     with pytest.raises(InvalidValue, match=f"user id is {digits:,} characters long: at most 1,024"):
         cast_user_id(value)
     with pytest.raises(InvalidValue, match="too large for a double"):
         CASTS["number"](value)
-    assert CASTS["string"](value) == value  # a string property keeps the digits, as it would for 42
+    assert CASTS["string"](value) == str(value)  # a string property keeps the digits, as it would for 42
 
 
 def _mapping(**changes: object):
@@ -320,14 +326,65 @@ def test_a_utf8_byte_order_mark_is_ignored() -> None:
     assert parse_document(b'\xef\xbb\xbf{"data": []}', 10) == {"data": []}
 
 
-def test_objects_and_arrays_are_counted_before_parsing() -> None:
-    body = b'{"data": [' + b",".join([b"{}"] * 5000) + b"]}"
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": [' + b",".join([b"{}"] * 5000) + b"]}",
+        b'{"data": [' + b",".join([b"[]"] * 5000) + b"]}",
+        b'{"data": [{"userId": "u", "p": ['
+        + b",".join([b"[1]"] * 500)
+        + b"]}"
+        + b', {"q": [[]]}' * 300
+        + b"]}",
+    ],
+    ids=["objects", "arrays", "mixed"],
+)
+def test_objects_and_arrays_are_bounded(body: bytes) -> None:
     refused = _refused(body, 1000)
     assert refused.code == "invalid_request"
-    assert refused.message.startswith(
-        "the body holds 5,002 JSON objects and arrays, more than the 1,000 allowed"
-    )
-    # brackets inside strings are text, not structure
+    assert refused.message.startswith("the body holds more than 1,000 JSON objects and arrays")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"data": [{"a": "[{"}, [], {"b": ["\\", '\\"[', '"{"', "\\\\"]}]},
+        ["", '""', '"', "[", "]", "{", "\\", 'x\\"{\\"y', [[[]]], {"k[": {"{": []}}],
+        {"\u00e9[": ["\U0001f600{", {'"': "\\"}]},
+        "just a string with [ and {",
+    ],
+)
+def test_containers_are_counted_outside_strings(value: object) -> None:
+    expected = json.dumps(value).count("{") + json.dumps(value).count("[")  # brackets as structure
+    expected -= sum(s.count("{") + s.count("[") for s in _strings(value))
+    for ensure_ascii in (True, False):
+        assert count_containers(json.dumps(value, ensure_ascii=ensure_ascii).encode()) == expected
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [json.dumps(value)]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_counting_containers_is_linear_whatever_the_strings() -> None:
+    import time
+
+    bodies = [
+        b"[" * 9000 + b'"' + b'\\"' * 1_500_000,  # a string that never closes: quadratic for a regex
+        b"[" + b'"[",' * 1_250_000 + b"1]",
+        b"[" + b"[]," * 1_600_000 + b"[]]",
+    ]
+    started = time.monotonic()
+    assert [count_containers(body) for body in bodies] == [9000, 1, 1_600_002]
+    assert time.monotonic() - started < 2
+
+
+def test_brackets_inside_strings_are_text_not_structure() -> None:
     text = b'{"data": [{"userId": "u", "note": "%s"}]}' % (b"[{" * 5000)
     assert parse_document(text, 1000)["data"][0]["note"] == "[{" * 5000
 

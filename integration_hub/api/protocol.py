@@ -11,10 +11,12 @@ keep its connection forever. This protocol, selected by `serve` (`http=`):
   connection that sends nothing is closed then;
 - answers malformed HTTP with the API's JSON error shape rather than uvicorn's plain text;
 - after an answer given before the request's body ended (401, 413, 415, ...), reads and
-  drops what the client still sends (for a second, at most a body's limit + 1 MiB), then
-  closes: the client sees the answer rather than a reset, and cannot keep a connection by
-  trickling a body. (uvicorn keeps reading such a body, each byte restarting its keep-alive
-  timer, or, after `Connection: close`, closes at once and resets a client still sending.)
+  drops the rest of the body for at most a second (and a body's limit + 1 MiB): a client
+  that sends its whole body before reading sees the answer rather than a reset, and no
+  client can keep a connection by trickling a body. The connection then goes on if the
+  body ended and the answer allowed it, else it is closed. (uvicorn keeps reading such a
+  body, each byte restarting its keep-alive timer, or, after `Connection: close`, closes at
+  once and resets a client still sending.)
 
 The body's own pace is the app's concern (`request_body.read_body`: 408).
 """
@@ -85,8 +87,9 @@ class ApiHttpProtocol(HttpToolsProtocol):
         self.reading_head = True
         self.head_timer: asyncio.TimerHandle | None = None
         self.refusal: tuple[int, str, str] | None = None  # the answer instead of uvicorn's 400
-        self.lingering = False
+        self.lingering = False  # answered and closing: what arrives is dropped
         self.lingered_bytes = 0
+        self.draining: asyncio.TimerHandle | None = None  # answered, the body still arriving
 
     # -- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -95,13 +98,17 @@ class ApiHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        if self.draining is not None:
+            self.draining.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.lingering:
+        if self.lingering or self.draining is not None:
             self.lingered_bytes += len(data)
             if self.lingered_bytes > self.linger_bytes:
                 self.transport.close()
+                return
+        if self.lingering:
             return
         if self.reading_head:
             self.head_bytes += len(data)  # all of it is head until the parser says otherwise
@@ -128,11 +135,19 @@ class ApiHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self.reading_head = True
         self.head_bytes = 0
+        if self.draining is not None:  # the answered request's body ended in time: carry on
+            self.draining.cancel()
+            self.draining = None
+            self._start_head_timer()  # uvicorn's keep-alive timer stopped when the body arrived
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.cycle is not None and self.cycle.more_body:  # answered before the body ended
-            self._linger()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.lingering and not self.transport.is_closing():
+            # Answered before the body ended (401, 415, ...): the parser drops the rest of it;
+            # the connection goes on if it ends within a second, else it is closed.
+            self.lingered_bytes = 0
+            self.draining = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     # -- answers --------------------------------------------------------------------------
     def send_400_response(self, msg: str) -> None:
