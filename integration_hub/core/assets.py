@@ -17,6 +17,8 @@ WRITER_POOL = "duckdb_writer"  # limited to 1 by the dagster.yaml that integrati
 RESOURCE_KEY = "warehouse"
 TAG_INTEGRATION = "integration_hub/integration"
 TAG_TRIGGER = "integration_hub/trigger"
+TAG_OUTCOME = "integration_hub/outcome"  # success | partial | skipped | failed
+SOURCES_CHECK = "sources_applied"  # fails (WARN) when a source of the run failed: the run's outcome
 
 
 def sensor_status(integration: Integration) -> dg.DefaultSensorStatus:
@@ -45,7 +47,7 @@ def attribute_check_specs(integration: InboundIntegration) -> list[dg.AssetCheck
             "column_types", asset=key, description="Every property column exists with its catalog type."
         ),
         dg.AssetCheckSpec(
-            "sources_applied",
+            SOURCES_CHECK,
             asset=key,
             description="No source (file or API batch) of the latest run failed.",
         ),
@@ -94,7 +96,7 @@ def attribute_checks(
         ),
         dg.AssetCheckResult(check_name="column_types", passed=not wrong, metadata={"mismatches": str(wrong or "none")}),
         dg.AssetCheckResult(
-            check_name="sources_applied",
+            check_name=SOURCES_CHECK,
             passed=not failed,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"failed_sources": "\n".join(f"{r.source}: {r.message}" for r in failed) or "none"},
