@@ -165,7 +165,7 @@ def test_secrets_are_masked_in_errors_and_messages(tmp_path: Path, receiver: Web
         "integrations": [],
         "alerts": {"destinations": [webhook("hook", "${HOOK_URL}", max_retries=0)],
                    "rules": [{"when": ["failed"], "notify": ["hook"]}]},
-        "warehouse": "data/${DB_PASSWORD}.duckdb",
+        "landing": "data/${DB_PASSWORD}",
     }
     catalog = parse_catalog(document, base_dir=tmp_path)
     assert catalog.env_variables == ("DB_PASSWORD", "HOOK_URL")
@@ -174,10 +174,10 @@ def test_secrets_are_masked_in_errors_and_messages(tmp_path: Path, receiver: Web
     receiver.statuses = [404]
     receiver.error_body = "no hook at {path}"
     log = Log()
-    leaky = Alert("failed", "crm", "cannot open data/hunter2-password.duckdb", status="failed")
+    leaky = Alert("failed", "crm", "cannot open data/hunter2-password/batch.json", status="failed")
     [result] = AlertSender(catalog).send(leaky, ["hook"], log)
     assert not result.ok
-    assert receiver.requests[0].json["message"] == "cannot open data/${DB_PASSWORD}.duckdb"
+    assert receiver.requests[0].json["message"] == "cannot open data/${DB_PASSWORD}/batch.json"
     assert result.error == "HTTP 404 Not Found: no hook at ${HOOK_URL}: check the destination's url and headers"
     assert "s3cr3tT0k3n" not in json.dumps(log.lines) and "hunter2" not in json.dumps(log.lines)
 

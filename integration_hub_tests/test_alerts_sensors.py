@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 import pytest
 
 from integration_hub.alerts.factory import CHECKS_SENSOR, FAILURES_SENSOR, FRESHNESS_SENSOR, RUNS_SENSOR
 from integration_hub.core.catalog import Catalog
+from integration_hub.core.warehouse import ensure_schema, open_writer, transaction
 from integration_hub.definitions import build_definitions
 from integration_hub_tests.fakes.alert_receivers import (
     SmtpReceiver,
@@ -289,14 +289,11 @@ def test_failing_check_alerts_once_and_recovers(
         destinations=[hook("team", receiver)],
         rules=[{"when": ["check_failed", "recovered"], "integrations": ["crm"], "notify": ["team"]}],
     )
-    # A table made by hand, without the primary key the hub would have given it, holding a duplicate.
-    warehouse = hub.catalog.warehouse_path
-    with duckdb.connect(str(warehouse)) as con:
-        con.execute(
-            "CREATE TABLE attributes_crm (user_id VARCHAR, plan VARCHAR, support_tickets DOUBLE, active BOOLEAN, "
-            "signup_date DATE, last_login_at TIMESTAMPTZ, _updated_at TIMESTAMPTZ, _source VARCHAR)"
-        )
-        con.execute("INSERT INTO attributes_crm (user_id, plan) VALUES ('dup@x.com', 'a'), ('dup@x.com', 'b')")
+    # Rows written by hand, past the hub's own checks: a duplicate user id.
+    with open_writer(hub.catalog) as con:
+        ensure_schema(con, hub.catalog)
+        with transaction(con):
+            con.execute("INSERT INTO attributes_crm (user_id, plan) VALUES ('dup@x.com', 'a'), ('dup@x.com', 'b')")
     local_landing.put("crm/a.csv", crm_file(2))
     failing = hub.run()
     assert failing.success
@@ -311,7 +308,7 @@ def test_failing_check_alerts_once_and_recovers(
     hub.tick_alerts()
     assert len(receiver.requests) == 1  # still failing: said once
 
-    with duckdb.connect(str(warehouse)) as con:
+    with open_writer(hub.catalog) as con, transaction(con):
         con.execute("DELETE FROM attributes_crm WHERE user_id = 'dup@x.com' AND plan = 'b'")
     local_landing.put("crm/c.csv", crm_file(1, start=9))
     passing = hub.run()

@@ -407,7 +407,7 @@ def test_a_run_stopped_while_sending_keeps_what_was_sent(fake: FakeSalesforce, t
             return super().composite_update(object_name, records)
 
     integration = catalog.integration("onboarding_to_salesforce")
-    with open_writer(catalog.warehouse_path) as con:
+    with open_writer(catalog) as con:
         materialize_report(con, catalog.report("onboarding"))
         client = OutageAfterOneBatch(catalog, catalog.connection("sf"))  # type: ignore[arg-type]
         with pytest.raises(SyncError, match="stopped: update Contact failed"):

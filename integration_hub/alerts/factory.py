@@ -142,7 +142,7 @@ def alert_on_run(catalog: Catalog, sender: AlertSender, context: dg.RunStatusSen
         return
     alerts = catalog.alerts
     failure = {run.run_id: _failure_message(context)} if isinstance(context, dg.RunFailureSensorContext) else None
-    outcome = run_outcomes(catalog.warehouse_path, [run], failure)[run.run_id]
+    outcome = run_outcomes(catalog, [run], failure)[run.run_id]
     url = dagster_link(alerts, f"runs/{run.run_id}")
     context.log.info(f"run {run.run_id} of {name}: {outcome.status}")
     for problem in ("failed", "partial"):
@@ -155,7 +155,7 @@ def alert_on_run(catalog: Catalog, sender: AlertSender, context: dg.RunStatusSen
     healthy = [r for r in rules_for(alerts, "recovered", name) if outcome.healthy_for(r)]
     if not healthy:
         return
-    before = previous_outcome(context.instance, catalog.warehouse_path, run)
+    before = previous_outcome(context.instance, catalog, run)
     if before is None:
         return
     rules = [r for r in healthy if (problem := before.problem_for(r)) is not None and problem in r.when]

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
 
 from ..core.assets import TAG_INTEGRATION, TAG_OUTCOME
-from ..core.catalog import AlertRule
+from ..core.catalog import AlertRule, Catalog
 from ..core.warehouse import open_reader, table_columns
 
 OUTCOMES = ("success", "partial", "skipped", "failed")
 MESSAGES_SHOWN = 3
-READ_TIMEOUT_SECONDS = 15.0  # sensors wait at most this long for a writer to let go of the warehouse
 
 
 @dataclass(frozen=True)
@@ -59,11 +57,11 @@ class _Rows:
     messages: tuple[str, ...]
 
 
-def _rows_by_run(warehouse: Path, run_ids: Sequence[str]) -> dict[str, _Rows]:
-    """Each Dagster run's integration_runs rows, summed, in one query."""
+def _rows_by_run(catalog: Catalog, run_ids: Sequence[str]) -> dict[str, _Rows]:
+    """Each Dagster run's integration_runs rows, summed, in one query (of the last lake snapshot)."""
     if not run_ids:
         return {}
-    with open_reader(warehouse, timeout=READ_TIMEOUT_SECONDS) as con:
+    with open_reader(catalog) as con:
         if con is None or not table_columns(con, "integration_runs"):
             return {}
         rows = con.execute(
@@ -96,10 +94,10 @@ def _join_messages(messages: Sequence[str]) -> str:
 
 
 def run_outcomes(
-    warehouse: Path, runs: Sequence[dg.DagsterRun], failure_messages: dict[str, str] | None = None
+    catalog: Catalog, runs: Sequence[dg.DagsterRun], failure_messages: dict[str, str] | None = None
 ) -> dict[str, RunOutcome]:
     """The outcome of each run (of an integration job), reading the warehouse once."""
-    rows = _rows_by_run(warehouse, [run.run_id for run in runs])
+    rows = _rows_by_run(catalog, [run.run_id for run in runs])
     outcomes = {}
     for run in runs:
         found = rows.get(run.run_id)
@@ -126,7 +124,7 @@ def run_outcomes(
     return outcomes
 
 
-def previous_outcome(instance: dg.DagsterInstance, warehouse: Path, run: dg.DagsterRun) -> RunOutcome | None:
+def previous_outcome(instance: dg.DagsterInstance, catalog: Catalog, run: dg.DagsterRun) -> RunOutcome | None:
     """The last finished run of the same integration before `run` that did something (not skipped)."""
     record = instance.get_run_record_by_id(run.run_id)
     if record is None:
@@ -140,5 +138,5 @@ def previous_outcome(instance: dg.DagsterInstance, warehouse: Path, run: dg.Dags
         limit=10,
     )
     runs = [r.dagster_run for r in earlier if r.dagster_run.run_id != run.run_id]
-    outcomes = run_outcomes(warehouse, runs)
+    outcomes = run_outcomes(catalog, runs)
     return next((outcomes[r.run_id] for r in runs if outcomes[r.run_id].status != "skipped"), None)
