@@ -15,6 +15,7 @@ import dagster as dg
 import pytest
 
 from integration_hub.alerts.factory import CHECKS_SENSOR, FAILURES_SENSOR, FRESHNESS_SENSOR, RUNS_SENSOR
+from integration_hub.core.assets import TAG_OUTCOME
 from integration_hub.core.catalog import Catalog
 from integration_hub.core.warehouse import ensure_schema, open_writer, transaction
 from integration_hub.definitions import build_definitions
@@ -146,6 +147,24 @@ def test_partial_run_alerts_only_the_rules_whose_threshold_it_exceeds(
     assert len(receiver.requests) == 1
 
 
+def test_the_outcome_tag_of_a_run_wins_over_its_rows(
+    local_landing: Landing, instance: dg.DagsterInstance, receiver: WebhookReceiver
+) -> None:
+    hub = start(
+        local_landing,
+        instance,
+        destinations=[hook("team", receiver)],
+        rules=[{"when": ["failed", "partial"], "notify": ["team"]}],
+    )
+    local_landing.put("crm/users.csv", crm_file(4))
+    run = hub.run()
+    assert run.success  # every row applied: by its rows, a success
+    instance.add_run_tags(run.run_id, {TAG_OUTCOME: "failed"})
+    hub.tick_alerts()
+    [alert] = bodies(receiver, "/team")
+    assert (alert["event"], alert["status"], alert["rows_read"], alert["rows_applied"]) == ("failed", "failed", 4, 4)
+
+
 def test_failed_run_alerts_and_the_next_good_run_recovers(
     local_landing: Landing, instance: dg.DagsterInstance, receiver: WebhookReceiver, tmp_path: Path, monkeypatch
 ) -> None:
@@ -259,23 +278,20 @@ def test_never_updated_integration_gets_max_staleness_before_it_is_stale(
 ) -> None:
     legacy = {**CRM, "name": "legacy", "folder": "legacy", "enabled": False,
               "properties": [{"column": "plan", "name": "legacy_plan"}]}
-    hub = start(
-        local_landing,
-        instance,
-        CRM,
-        legacy,
-        destinations=[hook("team", receiver)],
-        rules=[{"when": ["stale"], "notify": ["team"]}],
-        max_staleness={"crm": "2s", "legacy": "1s"},
-    )
+    alerts = {
+        "destinations": [hook("team", receiver)],
+        "rules": [{"when": ["stale"], "notify": ["team"]}],
+        "max_staleness": {"crm": "2s", "legacy": "1s"},
+    }
+    hub = Hub(local_landing, local_landing.write_catalog(CRM, legacy, alerts=alerts), instance)
     assert hub.run_freshness_checks() == 1  # both never ran: their checks fail at once
-    hub.tick_alerts()
+    hub.tick_alerts()  # the first tick: staleness is a state, so it counts
     assert receiver.requests == []  # crm gets 2s to deliver; legacy is disabled
     time.sleep(2.2)
     hub.tick_alerts()
     [stale] = bodies(receiver, "/team")
     assert (stale["event"], stale["integration"]) == ("stale", "crm")
-    assert stale["message"] == "never updated: no successful run since alerts started watching it 2s ago (max_staleness 2s)"
+    assert stale["message"] == "never updated: still no successful run 2s after alerts started watching it (max_staleness 2s)"
     hub.tick_alerts()
     assert len(receiver.requests) == 1
 

@@ -134,14 +134,15 @@ def _problem_message(problem: str, outcome: RunOutcome) -> str:
     return outcome.message or "the run failed: see it in Dagster"
 
 
-def alert_on_run(catalog: Catalog, sender: AlertSender, context: dg.RunStatusSensorContext, failed: bool) -> None:
+def alert_on_run(catalog: Catalog, sender: AlertSender, context: dg.RunStatusSensorContext) -> None:
     """`failed`, `partial` and `recovered` for one finished run of an integration job."""
     run = context.dagster_run
     name = run.tags.get(TAG_INTEGRATION)
     if name is None or name not in {i.name for i in catalog.integrations}:
         return
     alerts = catalog.alerts
-    failure = {run.run_id: _failure_message(context)} if isinstance(context, dg.RunFailureSensorContext) else None
+    failed = isinstance(context, dg.RunFailureSensorContext)
+    failure = {run.run_id: _failure_message(context)} if failed else None
     outcome = run_outcomes(catalog, [run], failure)[run.run_id]
     url = dagster_link(alerts, f"runs/{run.run_id}")
     context.log.info(f"run {run.run_id} of {name}: {outcome.status}")
@@ -211,11 +212,11 @@ class CheckAlerts:
                 continue
             state.seen[name] = record.id
             evaluation = record.event.asset_check_evaluation
-            if first_tick or evaluation is None:
-                continue  # alerts start from the sensor's first tick, not from history
+            if evaluation is None:
+                continue
             if key in self.freshness:
-                self._freshness(context, state, key, evaluation)
-            else:
+                self._freshness(context, state, key, evaluation)  # a state: stale now is news now
+            elif not first_tick:  # an event: alerts start from the first tick, not from history
                 self._data_check(context, state, key, evaluation, record.run_id)
         self._never_updated(context, state)
         return dg.SensorResult(cursor=state.dump(), skip_reason=dg.SkipReason("check evaluations read"))
@@ -270,7 +271,7 @@ class CheckAlerts:
                 continue
             limit = format_duration(self.catalog.alerts.max_staleness[integration])
             url = dagster_link(self.catalog.alerts, f"assets/{'/'.join(key.asset_key.path)}?view=checks")
-            message = f"never updated: no successful run since alerts started watching it {limit} ago (max_staleness {limit})"
+            message = f"never updated: still no successful run {limit} after alerts started watching it (max_staleness {limit})"
             if self._send(context, "stale", integration, Alert("stale", integration, message, status="stale", url=url)):
                 state.alerted[name] = "stale"
 
@@ -345,7 +346,7 @@ def build_alert_sensors(
         description="Sends `partial` (and `failed` by outcome) alerts, and `recovered` after a failed run.",
     )
     def run_alerts(context: dg.RunStatusSensorContext) -> None:
-        _guarded(context, lambda: alert_on_run(catalog, sender, context, failed=False))
+        _guarded(context, lambda: alert_on_run(catalog, sender, context))
 
     @dg.run_failure_sensor(
         name=FAILURES_SENSOR,
@@ -355,7 +356,7 @@ def build_alert_sensors(
         description="Sends `failed` alerts for failed runs of integration jobs.",
     )
     def failure_alerts(context: dg.RunFailureSensorContext) -> None:
-        _guarded(context, lambda: alert_on_run(catalog, sender, context, failed=True))
+        _guarded(context, lambda: alert_on_run(catalog, sender, context))
 
     checks = CheckAlerts(
         catalog,
@@ -377,7 +378,7 @@ def build_alert_sensors(
     return [run_alerts, failure_alerts, check_alerts]
 
 
-def _guarded(context: dg.RunStatusSensorContext, work) -> None:
+def _guarded(context: dg.RunStatusSensorContext, work: Callable[[], None]) -> None:
     """A run sensor never fails because of alerting: the reason goes to the tick's log."""
     try:
         work()

@@ -39,9 +39,12 @@ class RunOutcome:
         """The trigger this outcome fires for a rule's thresholds: 'failed', 'partial' or None."""
         if self.status == "failed":
             return "failed"
-        if self.status == "partial" and (self.sources_failed > 0 or self.rejected_ratio > rule.partial_rejected_ratio):
+        if self.status != "partial":
+            return None
+        if self.sources_failed > 0 or self.rejected_ratio > rule.partial_rejected_ratio:
             return "partial"
-        return None
+        # Tagged partial, with no rejected rows to hold against the threshold: something else failed.
+        return "partial" if not self.rows_rejected else None
 
     def healthy_for(self, rule: AlertRule) -> bool:
         """Success, or a partial run within the rule's threshold (a skipped run says nothing)."""
