@@ -27,6 +27,9 @@ def cmd_test(args: argparse.Namespace) -> int:
         attempts = deliver(catalog, destination, alert)
     except DeliveryError as exc:
         raise CommandError(f"test alert to {where} failed: {masker(str(exc))}") from None
+    except Exception as exc:  # noqa: BLE001 - one masked line, never a traceback with the URL in it
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CommandError(f"test alert to {where} failed: {type(exc).__name__}: {masker(reason)}") from None
     if args.json:
         print_json({"destination": destination.name, "sent": True, "attempts": attempts})
     else:

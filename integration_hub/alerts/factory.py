@@ -194,6 +194,7 @@ class CheckAlerts:
     data_checks: list[dg.AssetCheckKey]
     freshness: list[dg.AssetCheckKey]
     clock: Callable[[], float] = time.time
+    _sent: int = 0  # alerts of the current tick
 
     def _enabled(self, instance: dg.DagsterInstance, name: str) -> bool:
         return is_enabled(instance, self.catalog.integration(name))
@@ -205,12 +206,15 @@ class CheckAlerts:
         # The summary records are what Dagster's own freshness sensor reads: the latest
         # evaluation of each check, in one query.
         summaries = context.instance.event_log_storage.get_asset_check_summary_records(keys)
+        self._sent = 0
+        new = 0
         for key in keys:
             record = summaries[key].last_completed_check_execution_record
             name = key.to_user_string()
             if record is None or record.event is None or record.id <= state.seen.get(name, -1):
                 continue
             state.seen[name] = record.id
+            new += 1
             evaluation = record.event.asset_check_evaluation
             if evaluation is None:
                 continue
@@ -219,7 +223,8 @@ class CheckAlerts:
             elif not first_tick:  # an event: alerts start from the first tick, not from history
                 self._data_check(context, state, key, evaluation, record.run_id)
         self._never_updated(context, state)
-        return dg.SensorResult(cursor=state.dump(), skip_reason=dg.SkipReason("check evaluations read"))
+        summary = f"{new} new check evaluation(s), {self._sent} alert(s) sent or attempted"
+        return dg.SensorResult(cursor=state.dump(), skip_reason=dg.SkipReason(summary))
 
     def _send(self, context: dg.SensorEvaluationContext, trigger: str, integration: str, alert: Alert, also: str | None = None) -> bool:
         rules = rules_for(self.catalog.alerts, trigger, integration)
@@ -227,6 +232,7 @@ class CheckAlerts:
             rules = [r for r in rules if also in r.when]
         if rules:
             self.sender.send(alert, notify_names(rules), context.log)
+            self._sent += 1
         return bool(rules)
 
     def _freshness(self, context, state: CheckAlertState, key: dg.AssetCheckKey, evaluation) -> None:

@@ -220,6 +220,8 @@ def _post_webhook(catalog: Catalog, destination: WebhookDestination, alert: Aler
     try:
         with httpx.Client(timeout=timeout, verify=_ssl_context(catalog, destination.ca_bundle)) as client:
             response = client.post(destination.url.get_secret_value(), content=json.dumps(body), headers=headers)
+    except httpx.InvalidURL:
+        raise DeliveryError("url is not a valid URL: check it (and the variable it comes from)", transient=False) from None
     except httpx.TimeoutException:
         raise DeliveryError(f"no answer within {destination.timeout_seconds:g} s", transient=True) from None
     except httpx.ConnectError as exc:
