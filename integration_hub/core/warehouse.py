@@ -82,12 +82,16 @@ BOOKKEEPING_TABLES: dict[str, dict[str, str]] = {
 }
 
 
-class WarehouseBusyError(RuntimeError):
-    """Another process holds the warehouse for too long."""
+class WarehouseError(RuntimeError):
+    """The warehouse cannot be used: the message is one line naming the path and the fix."""
 
 
-class LakeError(RuntimeError):
-    """The lake cannot be opened or created: one line naming the path and the fix."""
+class WarehouseBusyError(WarehouseError):
+    """Another process holds the warehouse (or an integration) for too long."""
+
+
+class LakeError(WarehouseError):
+    """The lake cannot be opened or created."""
 
 
 def attributes_table(integration_name: str) -> str:
@@ -118,17 +122,16 @@ class Lake:
         # DuckLake joins file names onto DATA_PATH as text: it must end in a separator.
         return str(self.data_path).rstrip("/") + "/"
 
-    def attach_sql(self, alias: str = LAKE, read_only: bool = False, extra: str = "") -> str:
-        """The ATTACH statement that opens this lake (what `integration-hub sql --attach` prints)."""
-        options = [
-            f"DATA_PATH {literal(self.data_url)}",
-            "META_JOURNAL_MODE 'WAL'",
-            f"META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}",
-        ]
+    def attach_sql(self, alias: str = LAKE, read_only: bool = False, with_data_path: bool = True) -> str:
+        """The ATTACH statement that opens this lake.
+
+        The catalog records its data path when it is created; naming it again makes DuckLake check
+        that the catalog and the data path still belong together.
+        """
+        options = [f"DATA_PATH {literal(self.data_url)}"] if with_data_path else []
+        options += ["META_JOURNAL_MODE 'WAL'", f"META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}"]
         if read_only:
             options.append("READ_ONLY")
-        if extra:
-            options.append(extra)
         return f"ATTACH {literal('ducklake:sqlite:' + str(self.catalog_path))} AS {ident(alias)} ({', '.join(options)})"
 
 
@@ -229,9 +232,12 @@ def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:
     try:
         con.execute(lake.attach_sql(read_only=read_only))
     except duckdb.Error as exc:
-        raise LakeError(
-            f"cannot open the warehouse {lake.catalog_path}: {str(exc).splitlines()[0]}"
-        ) from None
+        reason = str(exc).splitlines()[0]
+        fix = (
+            ": warehouse.data_path must name the folder the lake was created with (or move the data back)"
+            if "does not match existing data path" in reason else ""
+        )
+        raise LakeError(f"cannot open the warehouse {lake.catalog_path}: {reason}{fix}") from None
     con.execute(f"USE {LAKE}")
 
 
@@ -264,10 +270,14 @@ def open_writer(where: Catalog | Lake) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection to the lake, created on first use. Write through `transaction`."""
     lake = _lake_of(where)
     prepare_lake(lake)
+    lock = lake.catalog_path.with_name(lake.catalog_path.name + ".lock")
     con = new_connection(temp_directory=lake.catalog_path.parent / ".duckdb_tmp")
     try:
-        attach(con, lake, read_only=False)
-        _WRITE_LOCKS[id(con)] = lake.catalog_path.with_name(lake.catalog_path.name + ".lock")
+        # The first ATTACH writes a new catalog, so writers attach one at a time (a few
+        # milliseconds; not the commit lock, which a long commit may hold).
+        with file_lock(lock.with_name(lock.name + ".attach"), "the warehouse"):
+            attach(con, lake, read_only=False)
+        _WRITE_LOCKS[id(con)] = lock
         yield con
     finally:
         _WRITE_LOCKS.pop(id(con), None)
