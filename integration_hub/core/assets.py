@@ -21,7 +21,7 @@ from .warehouse import (
     table_columns,
 )
 
-__all__ = ["TAG_INTEGRATION", "integration_pool"]
+__all__ = ["TAG_INTEGRATION", "TAG_OUTCOME", "integration_pool"]
 
 
 def integration_pool(integration_name: str) -> str:
@@ -34,6 +34,9 @@ def integration_pool(integration_name: str) -> str:
 RESOURCE_KEY = "warehouse"
 TAG_TRIGGER = "integration_hub/trigger"
 AFTER_INBOUND_INTERVAL_SECONDS = 10  # how often an outbound integration looks for a refreshed user_profiles
+SOURCES_CHECK = "sources_applied"  # inbound: fails (WARN) unless the run's outcome is success or skipped
+RECORDS_CHECK = "records_applied"  # Salesforce: the same, for the records of a sync
+OUTCOME_CHECKS = frozenset({SOURCES_CHECK, RECORDS_CHECK})  # checks that mirror the run's outcome tag
 
 
 def sensor_status(integration: Integration) -> dg.DefaultSensorStatus:
@@ -62,7 +65,7 @@ def attribute_check_specs(integration: InboundIntegration) -> list[dg.AssetCheck
             "column_types", asset=key, description="Every property column exists with its catalog type."
         ),
         dg.AssetCheckSpec(
-            "sources_applied",
+            SOURCES_CHECK,
             asset=key,
             description=(
                 "Every source (file or API batch) of the latest run applied in full: none failed, no row "
@@ -114,7 +117,7 @@ def attribute_checks(
         ),
         dg.AssetCheckResult(check_name="column_types", passed=not wrong, metadata={"mismatches": str(wrong or "none")}),
         dg.AssetCheckResult(
-            check_name="sources_applied",
+            check_name=SOURCES_CHECK,
             passed=outcome.ok,
             severity=dg.AssetCheckSeverity.WARN,
             description=outcome.reason,

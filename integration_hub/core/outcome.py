@@ -44,19 +44,30 @@ def _listed(runs: Sequence[RunRecord]) -> str:
     return shown + (f"; and {more} more (see `integration-hub logs`)" if more > 0 else "")
 
 
+def outcome_of_statuses(statuses: Sequence[str]) -> Outcome:
+    """The rule itself, from the `integration_runs.status` of each source of one run."""
+    applied = any(s in ("success", "partial") for s in statuses)
+    if "failed" in statuses and not applied:
+        return "failed"
+    if "failed" in statuses or "partial" in statuses:
+        return "partial"
+    return "success" if applied else "skipped"
+
+
 def run_outcome(runs: Sequence[RunRecord]) -> RunOutcome:
-    """The outcome of one Dagster run from the records of the sources it handled."""
+    """The outcome of one Dagster run from the records of the sources it handled, with the reason."""
     if not runs:
         return RunOutcome("skipped", "nothing to do: no pending source")
+    outcome = outcome_of_statuses([r.status for r in runs])
     failed = [r for r in runs if r.status == "failed"]
     partial = [r for r in runs if r.status == "partial"]
     applied = [r for r in runs if r.status in ("success", "partial")]
-    if failed and not applied:
+    if outcome == "failed":
         what = "the only source" if len(runs) == 1 else f"all {len(failed)} sources" if len(failed) == len(runs) else (
             f"{len(failed)} of {len(runs)} sources (the others were already applied)"
         )
         return RunOutcome("failed", f"nothing applied: {what} failed. {_listed(failed)}")
-    if failed or partial:
+    if outcome == "partial":
         parts = []
         if failed:
             parts.append(f"{len(failed)} of {len(runs)} sources failed ({_listed(failed)})")
@@ -64,7 +75,7 @@ def run_outcome(runs: Sequence[RunRecord]) -> RunOutcome:
             rejected = sum(r.rows_rejected for r in partial)
             parts.append(f"{len(partial)} applied with {rejected} rejected rows ({_listed(partial)})")
         return RunOutcome("partial", "; ".join(parts))
-    if not applied:
+    if outcome == "skipped":
         return RunOutcome("skipped", f"nothing to do: {_listed(runs)}")
     return RunOutcome("success", f"{len(applied)} source(s) applied in full")
 

@@ -13,6 +13,7 @@ import dagster as dg
 import duckdb
 
 from ..core.assets import (
+    RECORDS_CHECK,
     TAG_INTEGRATION,
     after_inbound_sensors,
     integration_job,
@@ -72,7 +73,7 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         tags={TAG_INTEGRATION: name},
         check_specs=[
             dg.AssetCheckSpec(
-                "records_applied",
+                RECORDS_CHECK,
                 asset=key,
                 description="Every report row of the latest sync reached Salesforce: none invalid, none failed. "
                 "Fails with WARN severity on a partial sync (the run is tagged integration_hub/outcome=partial).",
@@ -111,7 +112,7 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         return dg.MaterializeResult(
             check_results=[
                 dg.AssetCheckResult(
-                    check_name="records_applied",
+                    check_name=RECORDS_CHECK,
                     passed=outcome.ok,
                     severity=dg.AssetCheckSeverity.WARN,
                     description=outcome.reason,
