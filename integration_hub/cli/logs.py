@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -81,6 +82,19 @@ def _with_runtime(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- Dagster
 
+# Dagster wraps an exception raised in an op ("Error occurred while executing op ...") with the
+# exception itself as the cause: the reason to show is the innermost one.
+DAGSTER_WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
+
+
+def error_reason(error: Any) -> str:
+    """One line from a Dagster SerializableErrorInfo: the words of the exception that failed the step."""
+    while error.cause is not None and error.cls_name in DAGSTER_WRAPPERS:
+        error = error.cause
+    lines = error.message.strip().splitlines()
+    # The message starts with the exception's class ("dagster._core.definitions.events.Failure: ..."): keep the words.
+    return one_line(re.sub(r"^[\w.]+(Error|Exception|Failure): ", "", lines[0] if lines else error.cls_name or ""))
+
 
 def _errors_of(instance: Any, run_id: str) -> list[dict[str, str]]:
     """Step failures of a run (else the run failure itself) with their stack traces, from the event log."""
@@ -90,7 +104,7 @@ def _errors_of(instance: Any, run_id: str) -> list[dict[str, str]]:
     for entry in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_FAILURE}):
         error = entry.dagster_event.step_failure_data.error if entry.dagster_event else None
         if error is not None:
-            errors.append({"step": entry.step_key or "", "message": one_line(error.message),
+            errors.append({"step": entry.step_key or "", "message": error_reason(error),
                            "stack_trace": error.to_string()})
     if errors:
         return errors
@@ -98,7 +112,7 @@ def _errors_of(instance: Any, run_id: str) -> list[dict[str, str]]:
         data = entry.dagster_event.event_specific_data if entry.dagster_event else None
         error = getattr(data, "error", None)
         if error is not None:
-            errors.append({"step": "", "message": one_line(error.message), "stack_trace": error.to_string()})
+            errors.append({"step": "", "message": error_reason(error), "stack_trace": error.to_string()})
         elif entry.dagster_event is not None and entry.dagster_event.message:
             errors.append({"step": "", "message": one_line(entry.dagster_event.message), "stack_trace": ""})
     return errors

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +183,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_id = result.run_id
     runs = _runs_of_dagster_run(catalog, run_id)
     details = f"details: integration-hub logs {integration.name} --run {run_id[:8]}"
-    if not result.success:
+    if not result.success or (runs and all(r["status"] == "failed" for r in runs)):
+        # Nothing was applied: the run failed, in one line (the rest is in its log).
         raise CommandError(f"{integration.name} failed: {_failure_reason(result, runs)} ({details})")
     for run in runs:
         line = (
@@ -203,16 +203,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _failure_reason(result: Any, runs: list[dict[str, Any]]) -> str:
     """One line: why a Dagster run failed (its first step failure, else its failed sources)."""
+    from .logs import error_reason
+
     failure = next((e for e in result.all_events if e.is_step_failure), None)
-    if failure is not None:
-        lines = failure.step_failure_data.error.message.strip().splitlines()
-        # Dagster prefixes the exception's class ("dagster._core.definitions.events.Failure: ..."): keep the words.
-        return re.sub(r"^[\w.]+(Error|Exception|Failure): ", "", lines[0] if lines else "")
+    if failure is not None and failure.step_failure_data.error is not None:
+        return error_reason(failure.step_failure_data.error)
     failed = [r for r in runs if r["status"] == "failed"]
     if failed:
         first = f"{failed[0]['source']}: {failed[0]['message']}"
-        return first if len(failed) == 1 else f"{len(failed)} sources failed, the first {first}"
-    return "see the Dagster UI"
+        return first if len(failed) == 1 else f"all {len(failed)} sources failed, the first {first}"
+    return "the Dagster run failed"
 
 
 def _runs_of_dagster_run(catalog: Catalog, dagster_run_id: str) -> list[dict[str, Any]]:
