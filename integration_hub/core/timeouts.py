@@ -45,7 +45,7 @@ def s3_config(connection: S3Connection) -> Any:
     """botocore Config: the connection's timeouts, and `max_retries` retries in standard mode.
 
     Standard mode retries throttling, 5xx, timeouts and connection errors with exponential
-    backoff (a random wait of up to 1 s, 2 s, 4 s ...).
+    backoff (random waits of at most 0.05 s, 0.1 s ...; 1 s, 2 s ... when throttled).
     """
     from botocore.config import Config
 
