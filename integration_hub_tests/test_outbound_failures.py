@@ -1,7 +1,8 @@
-"""Exports against storage that misbehaves: unreachable or silent endpoints fail within the connection's
-timeouts, a wrong S3 secret is told from a missing permission, a missing container is found first.
+"""Outbound clients against storage and orgs that misbehave.
 
-Each case runs `integration-hub run` as a user would and expects one line on stderr.
+Unreachable or silent endpoints (S3, Azure, Salesforce) fail within the connection's timeouts, a
+wrong S3 secret is told from a missing permission, a missing Azure container is found first. Each
+case runs the command a user would (`run`, `check`) and expects one line saying why.
 """
 
 from __future__ import annotations
@@ -183,3 +184,32 @@ def load(root: Path) -> Any:
 
 def run_seconds(run: dict[str, Any]) -> float:
     return (run["finished_at"] - run["started_at"]).total_seconds()
+
+
+# ---------------------------------------------------------------------------- Salesforce
+
+
+@pytest.mark.usefixtures("salesforce_environment")
+@pytest.mark.parametrize("endpoint", ["closed", "silent"])
+def test_salesforce_check_against_an_unreachable_org_fails_within_the_timeouts(
+    fake: Any, closed_port: int, silent_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], endpoint: str
+) -> None:
+    import time
+
+    from integration_hub_tests.test_salesforce_support import connect
+    from integration_hub_tests.test_salesforce_support import write_catalog as write_sf_catalog
+
+    port = closed_port if endpoint == "closed" else silent_port
+    catalog = write_sf_catalog(tmp_path, fake, connection={
+        "login_url": f"https://127.0.0.1:{port}", "timeout_seconds": 1, "connect_timeout_seconds": 1})
+    connect(catalog, fake)
+    capsys.readouterr()
+    started = time.monotonic()
+    code = main(["--catalog", str(tmp_path / "integrations.yaml"), "check", "onboarding_to_salesforce"])
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == 1
+    assert (f"FAIL onboarding_to_salesforce: cannot reach 127.0.0.1:{port} for the refresh-token login "
+            f"({'ConnectionError' if endpoint == 'closed' else 'ReadTimeout'}): check the network") in out, out
+    # The login is tried 3 times, each within the 1 s timeouts, with 0.5 s and 1 s between.
+    assert elapsed <= 3 * 1 + 1.5 + SLACK
