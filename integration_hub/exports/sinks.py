@@ -702,9 +702,7 @@ class AzureBlobSink:
 
     def _exists_full(self, name: str) -> bool:
         """Whether the blob exists; a missing container is an error (the SDK's ``exists`` says False)."""
-        found = self._probe(name, need_read=True)
-        assert found is not None
-        return found
+        return self._probe(name, need_read=True) is True  # with need_read, never None
 
     def _probe(self, name: str, *, need_read: bool) -> bool | None:
         """Blob properties (a HEAD): True/False for exists, None when reading is not permitted.
