@@ -62,7 +62,7 @@ def write_catalog(root: Path, *integrations: dict[str, Any]) -> Catalog:
     """A catalog in `root` with a local CSV integration and the given API integrations."""
     (root / "landing").mkdir(parents=True, exist_ok=True)
     document = {
-        "warehouse": "data/warehouse.duckdb",
+        "warehouse": {"catalog": "catalog.sqlite", "data_path": "lake/"},
         "landing": "data/api_landing",
         "connections": [{"name": "drop", "type": "local", "path": "landing"}],
         "integrations": [

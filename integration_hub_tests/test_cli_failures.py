@@ -18,7 +18,7 @@ from integration_hub.api.batches import BatchStore
 from integration_hub.cli.main import main
 from integration_hub_tests.fakes.moto_server import MotoServer
 from integration_hub_tests.fakes.salesforce import FakeSalesforce
-from integration_hub_tests.support import CRM_INTEGRATION, local_landing_at
+from integration_hub_tests.support import CRM_INTEGRATION, lake_settings, local_landing_at
 from integration_hub_tests.test_exports_support import TRICKY_ROWS, seed
 from integration_hub_tests.test_exports_support import write_catalog as write_export_catalog
 
@@ -64,7 +64,7 @@ def test_s3_csv_run_that_cannot_list_its_bucket(
                   "region": "us-east-1", "endpoint_url": moto_server.endpoint_url,
                   "access_key_id": "testing", "secret_access_key": "testing"}
     path = tmp_path / "integrations.yaml"
-    path.write_text(yaml.safe_dump({"warehouse": str(tmp_path / "w.duckdb"), "connections": [connection],
+    path.write_text(yaml.safe_dump({"warehouse": lake_settings(tmp_path), "connections": [connection],
                                     "integrations": [CRM_INTEGRATION]}))
     line = one_line_failure(capfd, str(path), "crm")
     assert "bucket 'no-such-landing-bucket' does not exist" in line and "testing" not in line

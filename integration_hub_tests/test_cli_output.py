@@ -18,7 +18,9 @@ from integration_hub_tests.api_support import WEB_INTEGRATION, catalog_path, wri
 GOOD = "email,plan\na@x.com,gold\nb@x.com,free\n"
 
 # Every command that takes --json, and the test below that parses it.
-JSON_COMMANDS = {"integrations", "discover", "check", "logs", "tokens create", "tokens list", "endpoint"}
+JSON_COMMANDS = {
+    "integrations", "discover", "check", "logs", "sql", "history", "tokens create", "tokens list", "endpoint",
+}
 
 
 def cli(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -82,6 +84,12 @@ def test_every_json_output_parses(tmp_path: Path, capfd: pytest.CaptureFixture[s
     shown = json_ok(capfd, "--catalog", path, "logs", "crm", "--run", run["run_id"], "--json")
     assert shown["dagster_run"]["status"] == "success" and shown["sources"][0]["run_id"] == run["run_id"]  # type: ignore[index]
 
+    assert json_ok(capfd, "--catalog", path, "sql", "SELECT count(*) AS users FROM user_profiles", "--json") == [
+        {"users": 2}]
+    assert "LOAD ducklake;" in json_ok(capfd, "--catalog", path, "sql", "--attach", "--json")["statements"]  # type: ignore[index]
+    changes = json_ok(capfd, "--catalog", path, "history", "a@x.com", "--json")
+    assert {(c["attribute"], c["value"]) for c in changes} == {("crm_plan", "gold")}  # type: ignore[union-attr]
+
     created = json_ok(capfd, "--catalog", path, "tokens", "create", "crm-sync", "--json")
     assert created["name"] == "crm-sync" and created["token"]  # type: ignore[index]
     [token] = json_ok(capfd, "--catalog", path, "tokens", "list", "--json")  # type: ignore[misc]
@@ -102,6 +110,8 @@ def test_json_failures_leave_stdout_empty_and_say_why_in_one_line(
     assert "no run 'abc'" in json_failure(capfd, "--catalog", path, "logs", "crm", "--run", "abc", "--json")
     assert "no integration named 'nope'" in json_failure(capfd, "--catalog", path, "check", "nope", "--json")
     assert "type: api" in json_failure(capfd, "--catalog", path, "endpoint", "crm", "--json")
+    assert "does not exist yet" in json_failure(capfd, "--catalog", path, "sql", "SELECT 1", "--json")
+    assert "does not exist yet" in json_failure(capfd, "--catalog", path, "history", "a@x.com", "--json")
     json_ok(capfd, "--catalog", path, "tokens", "create", "twice", "--json")
     assert "already exists" in json_failure(capfd, "--catalog", path, "tokens", "create", "twice", "--json")
 

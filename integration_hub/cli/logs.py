@@ -151,7 +151,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     integration = find_integration(catalog, args.name)
     if args.run:
         return _one_run(catalog, integration, args.run, args.json)
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         runs: list[dict[str, Any]] = []
         if con is not None and _has_runs_table(con):
             runs = _with_runtime(_rows(
@@ -233,7 +233,7 @@ def _one_run(catalog: Any, integration: Integration, wanted: str, as_json: bool)
     name = integration.name
     sources: list[dict[str, Any]] = []
     dagster_run_id: str | None = None
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         if con is not None and _has_runs_table(con):
             sources = _rows(con, "SELECT * FROM integration_runs WHERE integration = ? AND run_id = ?", [name, wanted])
             if sources:

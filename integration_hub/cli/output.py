@@ -62,7 +62,7 @@ def fail_with(exc: BaseException) -> int:
 # Errors whose message is already written for a person (what, where, how to fix): "module:class".
 EXPECTED_ERRORS = (
     "integration_hub.core.landing:LandingError",
-    "integration_hub.core.warehouse:WarehouseBusyError",
+    "integration_hub.core.warehouse:WarehouseError",
     "integration_hub.exports.sinks:SinkError",
     "integration_hub.exports.export:ExportError",
     "integration_hub.reports.factory:ReportError",

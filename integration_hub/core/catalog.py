@@ -27,7 +27,6 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 RESERVED_COLUMNS = {"user_id", "_updated_at", "_source"}
 DEFAULT_MAX_FILE_BYTES = 1024**3
 CATALOG_ENV = "INTEGRATION_HUB_CATALOG"
-WAREHOUSE_ENV = "INTEGRATION_HUB_WAREHOUSE"
 
 
 class CatalogError(Exception):
@@ -263,10 +262,29 @@ class Report(_Model):
     description: str | None = None
 
 
+class WarehouseSettings(_Model):
+    """The attribute store, a DuckLake: a catalog database (metadata and snapshots) + Parquet data.
+
+    Embedded default: a SQLite file and a local folder, made on first use.
+    """
+
+    catalog: str = "data/catalog.sqlite"
+    data_path: str = "data/lake/"
+    snapshot_retention_days: int = Field(default=30, ge=1, le=3650)
+    maintenance_schedule: str = "0 3 * * *"  # the warehouse_maintenance job, cron, UTC
+
+    @field_validator("catalog", "data_path")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
 class Catalog(_Model):
     """The whole catalog file."""
 
-    warehouse: str = "data/warehouse.duckdb"
+    warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
     landing: str = "data/api_landing"  # durable store of accepted API batches
     max_attributes: int = Field(default=100, ge=1, le=100)
     connections: list[Connection] = Field(default_factory=list)
@@ -302,9 +320,31 @@ class Catalog(_Model):
         path = Path(os.path.expanduser(value))
         return path if path.is_absolute() else Path(self.base_dir) / path
 
+    @field_validator("warehouse", mode="before")
+    @classmethod
+    def _lake_section(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(
+                f"is a single DuckDB file ({value}); the warehouse is now a DuckLake: write "
+                "`warehouse: {catalog: data/catalog.sqlite, data_path: data/lake/}` and copy the old file "
+                f"in with `integration-hub migrate {value}`"
+            )
+        return value
+
     @property
-    def warehouse_path(self) -> Path:
-        return self.resolve_path(os.environ.get(WAREHOUSE_ENV) or self.warehouse)
+    def warehouse_catalog_path(self) -> Path:
+        """The DuckLake's catalog database (embedded: a SQLite file)."""
+        return self.resolve_path(self.warehouse.catalog)
+
+    @property
+    def warehouse_data_path(self) -> Path:
+        """Where the DuckLake's Parquet files live (embedded: a local folder)."""
+        return self.resolve_path(self.warehouse.data_path)
+
+    @property
+    def state_dir(self) -> Path:
+        """The folder of the warehouse catalog: local state that belongs with it (credentials)."""
+        return self.warehouse_catalog_path.parent
 
     @property
     def landing_path(self) -> Path:

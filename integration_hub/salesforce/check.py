@@ -33,7 +33,7 @@ def _report_columns(catalog: Catalog, integration: SalesforceIntegration) -> tup
     except ReportError as exc:
         return None, str(exc)
     try:
-        with open_reader(catalog.warehouse_path, timeout=5) as con:
+        with open_reader(catalog, timeout=5) as con:
             if con is None:
                 return None, None
             return {r[0]: r[1] for r in con.execute(f"DESCRIBE {sql}").fetchall()}, None
@@ -95,9 +95,9 @@ def dry_run_salesforce(catalog: Catalog, integration: SalesforceIntegration, arg
     from ..cli.output import CommandError
 
     full = bool(getattr(args, "full_resync", False))
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         if con is None:
-            raise CommandError(f"{integration.name}: the warehouse {catalog.warehouse_path} does not exist yet; run "
+            raise CommandError(f"{integration.name}: the warehouse {catalog.warehouse_catalog_path} does not exist yet; run "
                                "an inbound integration first")
         try:
             result = run_sync(con, catalog, integration, dry_run=True, full_resync=full)
