@@ -18,7 +18,12 @@ The catalog is --catalog, else $INTEGRATION_HUB_CATALOG, else ./integrations.yam
 """
 
 # Kinds that add their own subcommands: module with `register(subparsers)`.
-EXTENSIONS = ("integration_hub.cli.lake", "integration_hub.api.cli", "integration_hub.salesforce.cli")
+EXTENSIONS = (
+    "integration_hub.cli.lake",
+    "integration_hub.api.cli",
+    "integration_hub.salesforce.cli",
+    "integration_hub.alerts.cli",
+)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
