@@ -20,6 +20,7 @@ GOOD = "email,plan\na@x.com,gold\nb@x.com,free\n"
 # Every command that takes --json, and the test below that parses it.
 JSON_COMMANDS = {
     "integrations", "discover", "check", "logs", "sql", "history", "tokens create", "tokens list", "endpoint",
+    "alerts test",
 }
 
 
@@ -123,6 +124,22 @@ def test_json_failures_leave_stdout_empty_and_say_why_in_one_line(
     got, out, err = cli(capfd, "--catalog", str(broken), "check", "--json")
     assert got == 2 and out == "" and err.startswith(f"error: invalid catalog {broken} (")
     assert all(line.startswith("  - ") for line in err.splitlines()[1:])  # then one line per problem
+
+
+def test_alerts_test_json_and_its_failure(tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch) -> None:
+    from integration_hub_tests.fakes.alert_receivers import WebhookReceiver
+    from integration_hub_tests.test_alerts_delivery import catalog_with, webhook
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with WebhookReceiver() as receiver:
+        catalog_with(tmp_path, webhook("team", receiver.url("/hook"), max_retries=0))
+        path = str(tmp_path / "integrations.yaml")
+        assert json_ok(capfd, "--catalog", path, "alerts", "test", "team", "--json") == {
+            "destination": "team", "sent": True, "attempts": 1}
+        receiver.statuses = [500]
+        assert "test alert to webhook team (127.0.0.1) failed: HTTP 500" in json_failure(
+            capfd, "--catalog", path, "alerts", "test", "team", "--json")
 
 
 # ---------------------------------------------------------------------------- a closed pipe
