@@ -128,7 +128,10 @@ def test_the_demo_from_start_to_ctrl_c(tmp_path: Path) -> None:
         print(f"{time.monotonic() - started:.0f}s: commands")
         assert commands["check"].returncode == 0, outputs["check"]
         assert "skip onboarding_to_salesforce: disabled" in outputs["check"][0]
-        assert {r["name"] for r in json.loads(outputs["json"][0])} >= {"crm", "realtime_enrichment", "active_users_export"}
+        checked = json.loads(outputs["json"][0])
+        assert checked["ok"] is True
+        assert {r["name"] for r in checked["checks"] if r["ok"]} == {"crm", "realtime_enrichment", "active_users_export"}
+        assert [r["name"] for r in checked["checks"] if r["skipped"]] == ["onboarding_to_salesforce"]
         assert commands["logs"].returncode == 0 and "zz_bad.csv" in outputs["logs"][0], outputs["logs"]
     finally:
         children = psutil.Process(demo.pid).children(recursive=True) if demo.poll() is None else []
