@@ -194,6 +194,17 @@ def _check_catalog_file(path: Path) -> None:
         )
 
 
+def _initialized(path: Path) -> bool:
+    """Whether DuckLake has finished creating its catalog in the file (its settings are written last)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+            return db.execute("SELECT count(*) FROM ducklake_metadata WHERE key = 'data_path'").fetchone()[0] > 0
+    except sqlite3.Error:  # no such table yet, or the creator holds the file
+        return False
+
+
 def prepare_lake(lake: Lake) -> None:
     """Check the paths of a lake about to be written; make a missing catalog/data folder if its parent exists."""
     for what, setting, path in (
@@ -228,11 +239,17 @@ def prepare_lake(lake: Lake) -> None:
 def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:
     try:
         con.execute(lake.attach_sql(read_only=read_only))
+        con.execute(f"USE {LAKE}")
+    except duckdb.OutOfMemoryException:
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        raise LakeError(
+            f"DuckDB needed more than its memory_limit of {limit} to open the warehouse {lake.catalog_path}: "
+            f"set ${MEMORY_LIMIT_ENV} higher (e.g. 4GB) and run again"
+        ) from None
     except duckdb.Error as exc:
         raise LakeError(
             f"cannot open the warehouse {lake.catalog_path}: {str(exc).splitlines()[0]}"
         ) from None
-    con.execute(f"USE {LAKE}")
 
 
 def _lake_of(where: Catalog | Lake) -> Lake:
@@ -265,9 +282,13 @@ def open_writer(where: Catalog | Lake) -> Iterator[duckdb.DuckDBPyConnection]:
     lake = _lake_of(where)
     prepare_lake(lake)
     con = new_connection(temp_directory=lake.catalog_path.parent / ".duckdb_tmp")
+    lock = lake.catalog_path.with_name(lake.catalog_path.name + ".lock")
     try:
-        attach(con, lake, read_only=False)
-        _WRITE_LOCKS[id(con)] = lake.catalog_path.with_name(lake.catalog_path.name + ".lock")
+        # The first ATTACH creates the catalog's tables: first writers starting together (a fresh
+        # install, several schedules due) take turns for it, or all but one fail with "locked".
+        with nullcontext() if _initialized(lake.catalog_path) else file_lock(lock, "the warehouse"):
+            attach(con, lake, read_only=False)
+        _WRITE_LOCKS[id(con)] = lock
         yield con
     finally:
         _WRITE_LOCKS.pop(id(con), None)
