@@ -79,7 +79,7 @@ def test_check_says_access_denied_and_never_shows_the_secret(tmp_path, capsys) -
     assert key["SecretAccessKey"] not in out
 
 
-def test_the_dagster_home_limits_duckdb_writers_to_one(tmp_path, monkeypatch) -> None:
+def test_the_dagster_home_runs_one_run_per_integration_pool_at_a_time(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     catalog = parse_catalog({"connections": [], "integrations": []}, base_dir=tmp_path)
     home = ensure_dagster_home(catalog)

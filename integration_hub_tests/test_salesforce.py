@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import dagster as dg
 import pytest
 
-from integration_hub.core.assets import TAG_INTEGRATION, WRITER_POOL
+from integration_hub.core.assets import TAG_INTEGRATION, integration_pool
 from integration_hub.definitions import build_definitions
 from integration_hub.reports.factory import report_key
 from integration_hub.salesforce.factory import salesforce_key
@@ -363,7 +363,7 @@ def test_definitions_shape(fake: FakeSalesforce, tmp_path: Path) -> None:
     node = graph.get(key)
     assert node.kinds == {"salesforce"} and node.group_name == "onboarding_to_salesforce"
     assert node.parent_keys == {report_key("onboarding")}
-    assert node.pools == {WRITER_POOL} and node.tags[TAG_INTEGRATION] == "onboarding_to_salesforce"
+    assert node.pools == {integration_pool("onboarding_to_salesforce")} and node.tags[TAG_INTEGRATION] == "onboarding_to_salesforce"
     job = defs.resolve_job_def("onboarding_to_salesforce_job")
     assert {k for k in job.asset_layer.asset_graph.get_all_asset_keys() if job.asset_layer.has(k)} >= {
         key, report_key("onboarding")}

@@ -82,12 +82,16 @@ BOOKKEEPING_TABLES: dict[str, dict[str, str]] = {
 }
 
 
-class WarehouseBusyError(RuntimeError):
-    """Another process holds the warehouse for too long."""
+class WarehouseError(RuntimeError):
+    """The warehouse cannot be used: the message is one line naming the path and the fix."""
 
 
-class LakeError(RuntimeError):
-    """The lake cannot be opened or created: one line naming the path and the fix."""
+class WarehouseBusyError(WarehouseError):
+    """Another process holds the warehouse (or an integration) for too long."""
+
+
+class LakeError(WarehouseError):
+    """The lake cannot be opened or created."""
 
 
 def attributes_table(integration_name: str) -> str:
@@ -118,17 +122,16 @@ class Lake:
         # DuckLake joins file names onto DATA_PATH as text: it must end in a separator.
         return str(self.data_path).rstrip("/") + "/"
 
-    def attach_sql(self, alias: str = LAKE, read_only: bool = False, extra: str = "") -> str:
-        """The ATTACH statement that opens this lake (what `integration-hub sql --attach` prints)."""
-        options = [
-            f"DATA_PATH {literal(self.data_url)}",
-            "META_JOURNAL_MODE 'WAL'",
-            f"META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}",
-        ]
+    def attach_sql(self, alias: str = LAKE, read_only: bool = False, with_data_path: bool = True) -> str:
+        """The ATTACH statement that opens this lake.
+
+        The catalog records its data path when it is created; naming it again makes DuckLake check
+        that the catalog and the data path still belong together.
+        """
+        options = [f"DATA_PATH {literal(self.data_url)}"] if with_data_path else []
+        options += ["META_JOURNAL_MODE 'WAL'", f"META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}"]
         if read_only:
             options.append("READ_ONLY")
-        if extra:
-            options.append(extra)
         return f"ATTACH {literal('ducklake:sqlite:' + str(self.catalog_path))} AS {ident(alias)} ({', '.join(options)})"
 
 
@@ -194,17 +197,6 @@ def _check_catalog_file(path: Path) -> None:
         )
 
 
-def _initialized(path: Path) -> bool:
-    """Whether DuckLake has finished creating its catalog in the file (its settings are written last)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
-            return db.execute("SELECT count(*) FROM ducklake_metadata WHERE key = 'data_path'").fetchone()[0] > 0
-    except sqlite3.Error:  # no such table yet, or the creator holds the file
-        return False
-
-
 def prepare_lake(lake: Lake) -> None:
     """Check the paths of a lake about to be written; make a missing catalog/data folder if its parent exists."""
     for what, setting, path in (
@@ -247,9 +239,12 @@ def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:
             f"set ${MEMORY_LIMIT_ENV} higher (e.g. 4GB) and run again"
         ) from None
     except duckdb.Error as exc:
-        raise LakeError(
-            f"cannot open the warehouse {lake.catalog_path}: {str(exc).splitlines()[0]}"
-        ) from None
+        reason = str(exc).splitlines()[0]
+        fix = (
+            ": warehouse.data_path must name the folder the lake was created with (or move the data back)"
+            if "does not match existing data path" in reason else ""
+        )
+        raise LakeError(f"cannot open the warehouse {lake.catalog_path}: {reason}{fix}") from None
 
 
 def _lake_of(where: Catalog | Lake) -> Lake:
@@ -281,12 +276,12 @@ def open_writer(where: Catalog | Lake) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection to the lake, created on first use. Write through `transaction`."""
     lake = _lake_of(where)
     prepare_lake(lake)
-    con = new_connection(temp_directory=lake.catalog_path.parent / ".duckdb_tmp")
     lock = lake.catalog_path.with_name(lake.catalog_path.name + ".lock")
+    con = new_connection(temp_directory=lake.catalog_path.parent / ".duckdb_tmp")
     try:
-        # The first ATTACH creates the catalog's tables: first writers starting together (a fresh
-        # install, several schedules due) take turns for it, or all but one fail with "locked".
-        with nullcontext() if _initialized(lake.catalog_path) else file_lock(lock, "the warehouse"):
+        # The first ATTACH writes a new catalog, so writers attach one at a time (a few
+        # milliseconds; not the commit lock, which a long commit may hold).
+        with file_lock(lock.with_name(lock.name + ".attach"), "the warehouse"):
             attach(con, lake, read_only=False)
         _WRITE_LOCKS[id(con)] = lock
         yield con
