@@ -193,3 +193,11 @@ def test_the_maintenance_job_and_its_schedule(local_landing: Landing) -> None:
 
     with pytest.raises(CatalogError, match="warehouse field 'maintenance_schedule' 'nightly' is not a valid cron"):
         local_landing.write_catalog(warehouse={"catalog": "c.sqlite", "data_path": "lake", "maintenance_schedule": "nightly"})
+
+
+def test_a_run_with_nothing_to_do_adds_no_snapshot(local_landing: Landing) -> None:
+    catalog = small_applies(local_landing, 1)
+    lake = Lake.of(catalog)
+    before = snapshot_ids(lake)
+    assert run_job(catalog, "crm").success  # nothing pending: the schema and the view are current
+    assert snapshot_ids(lake) == before

@@ -488,7 +488,21 @@ def _schema_is_current(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> bool
     view = con.execute(
         "SELECT sql FROM duckdb_views() WHERE database_name = current_database() AND view_name = 'user_profiles'"
     ).fetchone()
-    return view is not None and user_profiles_sql(catalog) in view[0]
+    return view is not None and _view_query(view[0]) == _rendered_query(con, user_profiles_sql(catalog))
+
+
+def _view_query(create_view: str) -> str:
+    return create_view.split(" AS ", 1)[1]
+
+
+def _rendered_query(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """A query as DuckDB stores it in a view (re-rendered: quotes, parentheses), to compare with one."""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _wanted_view AS {sql}")
+    try:
+        stored = con.execute("SELECT sql FROM duckdb_views() WHERE temporary AND view_name = '_wanted_view'").fetchone()
+    finally:
+        con.execute("DROP VIEW IF EXISTS temp.main._wanted_view")
+    return _view_query(stored[0])
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
