@@ -56,9 +56,10 @@ def test_maintenance_compacts_small_files_and_keeps_every_table_and_its_history(
     catalog = small_applies(local_landing, 8)
     lake = Lake.of(catalog)
     before = contents(lake)
+    ids = snapshot_ids(lake)
+    middle = ids[len(ids) // 2]
     with open_reader(lake) as con:
         assert con is not None
-        middle = snapshot_ids(lake)[len(snapshot_ids(lake)) // 2]
         then = con.execute(f"SELECT count(*), max(plan) FROM attributes_crm AT (VERSION => {middle})").fetchall()
 
     job = build_definitions(catalog).resolve_job_def(JOB_NAME)
@@ -201,3 +202,26 @@ def test_a_run_with_nothing_to_do_adds_no_snapshot(local_landing: Landing) -> No
     before = snapshot_ids(lake)
     assert run_job(catalog, "crm").success  # nothing pending: the schema and the view are current
     assert snapshot_ids(lake) == before
+
+
+def test_unreferenced_files_are_deleted_after_a_grace_period(local_landing: Landing) -> None:
+    catalog = small_applies(local_landing, 4)
+    lake = Lake.of(catalog)
+    first = maintain_lake(lake, 30)  # merges: the merged-away files are unreferenced from now on
+    assert first.unreferenced_files_deleted == 0 and first.after.live_files < first.before.live_files
+    with sqlite3.connect(lake.catalog_path) as db:
+        scheduled = [r[0] for r in db.execute("SELECT path FROM ducklake_files_scheduled_for_deletion ORDER BY path")]
+        assert len(scheduled) > 1
+        recent, old = scheduled[0], scheduled[1:]
+        now = datetime.now(timezone.utc)
+        for path, age in [(recent, timedelta(minutes=30)), *((p, timedelta(days=2)) for p in old)]:
+            when = (now - age).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+            db.execute("UPDATE ducklake_files_scheduled_for_deletion SET schedule_start = ? WHERE path = ?", [when, path])
+    before = contents(lake)
+
+    report = maintain_lake(lake, 30)
+
+    assert report.unreferenced_files_deleted == len(old)
+    on_disk = {str(p.relative_to(lake.data_path)) for p in parquet_files(lake)}
+    assert recent in on_disk and not set(old) & on_disk
+    assert contents(lake) == before

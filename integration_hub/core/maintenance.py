@@ -14,10 +14,11 @@ lake's write lock and never races a run's commit; while it holds the lock no run
 transaction open, so no file being written by a run can look orphaned.
 
 Deleted files may still be read by a query that started before they were unreferenced, so
-they get a grace period: files unreferenced before the current UTC day, orphans older than
-ORPHAN_GRACE. With a SQLite catalog DuckLake compares its `older_than` cut-offs as text, which
-counts a whole calendar day as "older" (snapshots and scheduled files of the cut-off's date,
-even later ones); hence snapshots are expired by id and scheduled files by whole days.
+they get a grace period: files unreferenced for at least UNREFERENCED_GRACE and since before
+the current UTC day, orphans older than ORPHAN_GRACE. With a SQLite catalog DuckLake compares
+its `older_than` cut-offs as text, which counts the cut-off's whole calendar day as older (its
+later snapshots and scheduled files too); hence snapshots are expired by id, and scheduled
+files by whole days.
 """
 
 
@@ -33,6 +34,7 @@ from .sql import ident, literal
 from .warehouse import LAKE, Lake, WarehouseResource, open_writer, transaction
 
 ORPHAN_GRACE = timedelta(hours=1)  # a file younger than this may belong to a transaction about to commit
+UNREFERENCED_GRACE = timedelta(hours=1)  # a query that began before a file was unreferenced may still read it
 # DuckLake names every file it writes so; anything else under the data path is not the lake's.
 LAKE_FILE = re.compile(r"^ducklake-[0-9a-f-]{36}(-delete)?\.parquet$")
 JOB_NAME = "warehouse_maintenance"
@@ -157,10 +159,11 @@ def _delete_unreferenced(con: duckdb.DuckDBPyConnection, now: datetime, immediat
     if immediately:
         when = "cleanup_all => true"
     else:
-        # Files unreferenced before today (UTC): the text comparison DuckLake makes on a SQLite
-        # catalog is right for the end of a whole earlier day.
-        last_whole_day = datetime.combine(now.date() - timedelta(days=1), time.max, tzinfo=timezone.utc)
-        when = f"older_than => CAST({literal(last_whole_day.isoformat())} AS TIMESTAMPTZ)"
+        # Whole UTC days that ended at least UNREFERENCED_GRACE ago: the text comparison DuckLake
+        # makes on a SQLite catalog is right for the very end of a day.
+        last_day = (now - UNREFERENCED_GRACE).date() - timedelta(days=1)
+        end_of_day = datetime.combine(last_day, time.max, tzinfo=timezone.utc)
+        when = f"older_than => CAST({literal(end_of_day.isoformat())} AS TIMESTAMPTZ)"
     with transaction(con):
         return len(con.execute(f"SELECT path FROM ducklake_cleanup_old_files({literal(LAKE)}, {when})").fetchall())
 
