@@ -6,19 +6,16 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from ..core.migrate import MigrationError, migrate_into
-from ..core.warehouse import LakeError
+from ..core.migrate import migrate_into
 from .management import catalog_from
-from .output import CommandError, print_json
+from .output import print_json
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     catalog = catalog_from(args)
     old = Path(args.old).expanduser().resolve()
-    try:
-        copies = migrate_into(catalog, old, progress=None if args.json else print)
-    except (MigrationError, LakeError) as exc:
-        raise CommandError(str(exc)) from None
+    # A MigrationError or LakeError is a WarehouseError: main prints its one line.
+    copies = migrate_into(catalog, old, progress=None if args.json else print)
     if args.json:
         print_json([asdict(copy) for copy in copies])
         return 0

@@ -31,7 +31,7 @@ import dagster as dg
 import duckdb
 
 from .sql import ident, literal
-from .warehouse import LAKE, Lake, WarehouseResource, open_writer, transaction
+from .warehouse import LAKE, Lake, WarehouseError, WarehouseResource, open_writer, transaction
 
 ORPHAN_GRACE = timedelta(hours=1)  # a file younger than this may belong to a transaction about to commit
 UNREFERENCED_GRACE = timedelta(hours=1)  # a query that began before a file was unreferenced may still read it
@@ -44,7 +44,7 @@ ASSET_KEY = dg.AssetKey("warehouse_files")
 Progress = Callable[[str], None]
 
 
-class MaintenanceError(RuntimeError):
+class MaintenanceError(WarehouseError):
     """A maintenance step refused to run: the message says why and what to do."""
 
 

@@ -21,7 +21,7 @@ import duckdb
 
 from .catalog import Catalog
 from .sql import ident, literal
-from .warehouse import LAKE, Lake, ensure_schema, open_writer, transaction
+from .warehouse import LAKE, Lake, WarehouseError, ensure_schema, open_writer, transaction
 
 OLD = "old_warehouse"  # the alias the old file is attached under
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
@@ -29,7 +29,7 @@ DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
 Progress = Callable[[str], None]
 
 
-class MigrationError(RuntimeError):
+class MigrationError(WarehouseError):
     """The migration cannot start or did not verify; nothing was changed. One line, with the fix."""
 
 
@@ -178,7 +178,9 @@ def migrate_into(catalog: Catalog, old_path: Path, progress: Progress | None = N
         copies = migrate(con, lake, old_path, progress)
         try:
             ensure_schema(con, catalog)
-        except (duckdb.Error, RuntimeError) as exc:
+        except WarehouseError:
+            raise
+        except (duckdb.Error, RuntimeError) as exc:  # a column whose values do not convert
             raise MigrationError(
                 f"the {len(copies)} tables were copied and verified, but the catalog does not fit them "
                 f"({str(exc).splitlines()[0]}); fix the catalog: the next run creates the views"
