@@ -14,6 +14,7 @@ from .alerts.factory import build_alerts
 from .api.factory import build_api_integration
 from .core.assets import RESOURCE_KEY, build_user_profiles, warehouse_resource
 from .core.catalog import Catalog, load_catalog
+from .core.maintenance import build_warehouse_maintenance
 from .exports.factory import build_file_export_integration
 from .inbound_csv.factory import build_csv_integration
 from .reports.factory import build_reports
@@ -31,7 +32,8 @@ def build_definitions(catalog: Catalog) -> dg.Definitions:
     parts = [FACTORIES[i.type](catalog, i) for i in catalog.integrations if i.type in FACTORIES]
     core = dg.Definitions(assets=[build_user_profiles(catalog)], resources={RESOURCE_KEY: warehouse_resource(catalog)})
     integrations = dg.Definitions.merge(core, build_reports(catalog), *parts)
-    return dg.Definitions.merge(integrations, build_alerts(catalog, integrations))
+    maintenance = build_warehouse_maintenance(catalog.warehouse.maintenance_schedule)
+    return dg.Definitions.merge(integrations, maintenance, build_alerts(catalog, integrations))
 
 
 @dg.definitions

@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one run in full: a RUN id, or a Dagster run id (or its first characters) with every source")
     p.add_argument("--limit", type=int, default=50, help="how many runs to list (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p = add("migrate", "Copy a pre-lake warehouse file (one DuckDB database) into the lake, verified table by table.",
+            "integration_hub.cli.migration:cmd_migrate")
+    p.add_argument("old", metavar="OLD.duckdb", help="the old warehouse file (it is opened read-only)")
+    p.add_argument("--json", action="store_true", help="print the per-table result as JSON")
     p = add("demo", "Write a sample catalog and data, then start the Dagster UI (what `make demo` runs).",
             "integration_hub.cli.demo:cmd_demo")
     p.add_argument("--dir", default="demo", help="where to write the demo (default ./demo)")

@@ -783,6 +783,12 @@ def semantic_problems(catalog: Catalog) -> Iterable[str]:
 
     from dagster._utils.schedules import is_valid_cron_string
 
+    if not is_valid_cron_string(catalog.warehouse.maintenance_schedule):
+        yield (
+            f"warehouse field 'maintenance_schedule' {catalog.warehouse.maintenance_schedule!r} is not a valid "
+            "cron expression: use five fields, minute hour day month weekday, e.g. '0 3 * * *' (UTC)"
+        )
+
     connections = {c.name: c for c in catalog.connections}
     reports = {r.name for r in catalog.reports}
     folders: list[tuple[tuple[str, ...], str]] = []
