@@ -56,7 +56,7 @@ def failed_with(landing: Landing, catalog: Catalog, before: list[tuple], run: di
     message = run["message"]
     assert run["status"] == "failed" and run["rows_applied"] == 0, run
     assert landing.url(f"crm/{name}") in message, message
-    assert "integration-hub-" not in message and "dialect-sample" not in message, message
+    assert "integration-hub-" not in message and "head.sample" not in message, message
     for phrase in phrases:
         assert phrase in message, message
     assert f"failed/{name}" in landing.keys()
@@ -143,7 +143,7 @@ def test_a_mapped_column_twice_in_the_header_fails_the_file(local_or_s3: Landing
     failed_with(
         local_or_s3, catalog, before, run, "dup.csv",
         f"the header of {local_or_s3.url('crm/dup.csv')} has 'Plan Tier' 2 times (columns 2 and 7), "
-        "which all match the column of property 'plan'",
+        "so the column 'Plan Tier' of property 'plan' is ambiguous (names match ignoring case and surrounding spaces): "
         "rename or remove the duplicate columns so each mapped name appears once",
     )
 
@@ -154,8 +154,7 @@ def test_a_user_id_column_matching_twice_ignoring_case_fails_the_file(local_or_s
     run = process(local_or_s3, catalog, "dupid.csv", content)
     failed_with(
         local_or_s3, catalog, before, run, "dupid.csv",
-        "'email' (column 1) and ' Email ' (column 7), which all match the user id column 'email'",
-        "names match ignoring case and surrounding spaces",
+        "has 'email' (column 1) and ' Email ' (column 7), so the user id column 'email' is ambiguous",
     )
 
 
@@ -283,15 +282,30 @@ def _parquet(tmp_path: Path) -> bytes:
     return target.read_bytes()
 
 
+NOT_TEXT = "is not CSV text: it is"
 BINARIES: dict[str, tuple[Any, str]] = {
-    "gzip": (lambda _: _gzipped(HEADER + rows(2)), "it is gzip-compressed data; rename it to end in .csv.gz"),
-    "png": (lambda _: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "it is a PNG image; upload the data as a CSV file"),
-    "pdf": (lambda _: b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "it is a PDF document; export the data as CSV"),
-    "xlsx": (lambda _: _zip("[Content_Types].xml", "_rels/.rels", "xl/workbook.xml"), "it is an Excel workbook (.xlsx); open it in Excel and save it as CSV UTF-8"),
-    "zip": (lambda _: _zip("users.csv"), "it is a zip archive; extract the CSV file from it"),
-    "xls": (lambda _: b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504), "it is a legacy Microsoft Office file (an .xls workbook or similar); open it in Excel and save it as CSV"),
-    "parquet": (_parquet, "it is a Parquet file; export the data as CSV"),
-    "utf16": (lambda _: (HEADER + rows(2)).encode("utf-16-le"), "it is UTF-16 text without a byte order mark; set `encoding: utf-16`"),
+    "gzip": (lambda _: _gzipped(HEADER + rows(2)), f"{NOT_TEXT} gzip-compressed data; rename it to end in .csv.gz"),
+    "png": (lambda _: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), f"{NOT_TEXT} a PNG image; upload the data as a CSV file"),
+    "pdf": (lambda _: b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", f"{NOT_TEXT} a PDF document; export the data as CSV"),
+    "xlsx": (
+        lambda _: _zip("[Content_Types].xml", "_rels/.rels", "xl/workbook.xml"),
+        f"{NOT_TEXT} an Excel workbook (.xlsx); open it in Excel and save it as CSV UTF-8",
+    ),
+    "zip": (lambda _: _zip("users.csv"), f"{NOT_TEXT} a zip archive; extract the CSV file from it"),
+    "xls": (
+        lambda _: b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504),
+        f"{NOT_TEXT} a legacy Microsoft Office file (an .xls workbook or similar); open it in Excel and save it as CSV",
+    ),
+    "parquet": (_parquet, f"{NOT_TEXT} a Parquet file; export the data as CSV"),
+    "binary": (lambda _: bytes(range(256)) * 4, "is not CSV text: it holds binary data (NUL bytes)"),
+    "utf16": (
+        lambda _: (HEADER + rows(2)).encode("utf-16-le"),
+        "is UTF-16 text without a byte order mark, not utf-8: set `encoding: utf-16` on the integration",
+    ),
+    "utf16bom": (
+        lambda _: (HEADER + rows(2)).encode("utf-16"),
+        "is UTF-16 text (it starts with a UTF-16 byte order mark): set `encoding: utf-16` on the integration",
+    ),
 }
 
 
@@ -304,7 +318,7 @@ def test_a_file_that_is_not_text_says_what_it_is_and_what_to_do(local_or_s3: Lan
     assert len(runs) == len(BINARIES)
     for kind, (_, phrase) in BINARIES.items():
         url = local_or_s3.url(f"crm/{kind}.csv")
-        failed_with(local_or_s3, catalog, before, runs[url], f"{kind}.csv", f"{url} is not CSV text: {phrase}")
+        failed_with(local_or_s3, catalog, before, runs[url], f"{kind}.csv", f"{url} {phrase}")
 
 
 def test_check_reports_a_file_that_is_not_text(local_or_s3: Landing) -> None:

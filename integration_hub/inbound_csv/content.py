@@ -11,8 +11,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.landing import CHUNK
+
 GZIP_MAGIC = b"\x1f\x8b"
-CHUNK = 8 * 1024 * 1024
 
 # (leading bytes, what the file is, what to do instead). The first match wins.
 _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
@@ -62,18 +63,20 @@ def binary_kind(head: bytes) -> tuple[str, str] | None:
     return None
 
 
-def not_text_problem(head: bytes, encoding: str) -> tuple[str, str] | None:
-    """(what, fix) for content that is not CSV text: a known format, or bytes no text file holds."""
+def not_text_problem(head: bytes, encoding: str) -> str | None:
+    """What the content is, when it is not CSV text in `encoding`, and what to do (to follow the file's name)."""
     known = binary_kind(head)
     if known is not None:
-        return known
-    if encoding == "utf-16" or head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return None  # UTF-16 text is full of NUL bytes; the encoding is checked when it is read
+        what, fix = known
+        return f"is not CSV text: it is {what}; {fix}"
+    utf16_fix = "set `encoding: utf-16` on the integration, or save the file as UTF-8"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return None if encoding == "utf-16" else f"is UTF-16 text (it starts with a UTF-16 byte order mark): {utf16_fix}"
     sample = head[:4096]
-    if b"\x00" in sample:
+    if encoding != "utf-16" and b"\x00" in sample:
         if sample[1::2].count(0) > len(sample) // 4 or sample[0::2].count(0) > len(sample) // 4:
-            return "UTF-16 text without a byte order mark", "set `encoding: utf-16` on the integration, or save it as UTF-8"
-        return "binary data, not text", "upload the data as a CSV text file"
+            return f"is UTF-16 text without a byte order mark, not {encoding}: {utf16_fix}"
+        return "is not CSV text: it holds binary data (NUL bytes); upload the data as a CSV text file"
     return None
 
 

@@ -218,7 +218,8 @@ def _apply_file(
         )
 
     def unreadable(exc: duckdb.Error) -> CsvFileError:
-        """The reason a read failed: a broken gzip stream first, else DuckDB's error in the file's words."""
+        """Why a read failed: a broken gzip stream first, else DuckDB's error in the file's own words.
+        An error that is not about the file (the warehouse's) is raised as it is."""
         checked = digest.result()
         if checked.gzip_problem:
             return CsvFileError(explain_gzip(checked.gzip_problem, where))
@@ -226,36 +227,20 @@ def _apply_file(
             raise exc
         return CsvFileError(explain_read_error(exc, integration, where, path, work_dir))
 
-    try:
-        with open(path, "rb") as handle:
-            raw_head = handle.read(HEAD_BYTES)
-        shape = inspect_file_head(con, raw_head, file.size, gzipped, integration, where, work_dir)
-        if shape.warnings:
-            run.details["warnings"] = shape.warnings
-            for warning in shape.warnings:
-                log.warning("%s: %s", where, warning)
-        # Strict unless the head already shows rows wider than the header (a trailing delimiter).
-        extra = shape.widest_sampled - shape.width or None
-        try:
-            return attempt(shape, extra)
-        except duckdb.Error as exc:
-            failure = exc
-        # The error path: find every row that does not fit; a broken row fails the file here.
-        gzip_problem = digest.result().gzip_problem
-        if gzip_problem:
-            raise CsvFileError(explain_gzip(gzip_problem, where))
-        if not _is_read_error(failure, path):
-            raise failure
+    def read_after_failure(shape: CsvShape, extra: int | None, failure: duckdb.Error) -> RunRecord:
+        """The error path: find every row that does not fit. A broken row fails the file (diagnose
+        raises); rows with too few or too many cells are read padded and rejected one by one."""
+        if digest.result().gzip_problem or not _is_read_error(failure, path):
+            raise unreadable(failure)
         try:
             diagnosis = diagnose(con, path, integration, shape, where)
         except duckdb.Error as exc:
             raise unreadable(exc) from None
         if not (diagnosis.ragged_rows or needs_serial_scan(failure)):
             raise unreadable(failure)
-        # Only rows with too few or too many cells: read them padded and reject them one by one.
-        # (DuckDB's serial scanner misses a quote left open at the end of the file; the scan above
-        # has ruled that out, so falling back to it is safe here.)
         extra = max(extra or 0, diagnosis.widest - shape.width)
+        # DuckDB's serial scanner misses a quote left open at the end of the file; the scan above
+        # has ruled that out, so it is safe here for files whose quoted line breaks need it.
         parallel = not needs_serial_scan(failure)
         try:
             return attempt(shape, extra, parallel)
@@ -266,6 +251,22 @@ def _apply_file(
             return attempt(shape, extra, parallel=False)
         except duckdb.Error as exc:
             raise unreadable(exc) from None
+
+    try:
+        with open(path, "rb") as handle:
+            raw_head = handle.read(HEAD_BYTES)
+        shape = inspect_file_head(con, raw_head, file.size, gzipped, integration, where, work_dir)
+        if shape.warnings:
+            run.details["warnings"] = shape.warnings
+            for warning in shape.warnings:
+                log.warning("%s: %s", where, warning)
+        # Strict (every row the header's width) unless the head already shows wider rows, such as
+        # a trailing delimiter on every row: then padded, with that many cells past the header.
+        extra = shape.widest_sampled - shape.width or None
+        try:
+            return attempt(shape, extra)
+        except duckdb.Error as failure:
+            return read_after_failure(shape, extra, failure)
     except DuplicateFile as duplicate:
         run.status, run.rows_applied = "skipped", 0
         run.message = f"identical content was already applied by run {duplicate.earlier_run}: not applied twice"

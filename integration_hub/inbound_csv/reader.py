@@ -80,21 +80,26 @@ def _decode(head: bytes, complete: bool, integration: CsvIntegration, where: str
         ) from None
 
 
-def _sniff_delimiter(con: duckdb.DuckDBPyConnection, sample: Path, header_line: str) -> tuple[str, str]:
-    """(delimiter, escape) of the sample by DuckDB's sniffer; the commonest candidate in the header when
-    the sniffer fails or picks a delimiter the header does not contain."""
+def _sniff_dialect(con: duckdb.DuckDBPyConnection, sample: Path, header_line: str, given: str | None) -> CsvDialect:
+    """The sample's dialect: the delimiter from the catalog, else DuckDB's sniffer, else the commonest
+    candidate in the header (when the sniffer fails or picks one the header does not contain)."""
     counts = {c: header_line.count(c) for c in (",", ";", "\t", "|")}
     from_header = max(counts, key=lambda c: counts[c]) if any(counts.values()) else ","
+    pinned = f", delim = {literal(given)}" if given else ""
     try:
-        delimiter, quote, escape = con.execute(
-            f"SELECT Delimiter, Quote, Escape FROM sniff_csv({literal(str(sample))}, header = true, null_padding = true)"
+        sniffed, quote, escape = con.execute(
+            f"SELECT Delimiter, Quote, Escape FROM sniff_csv({literal(str(sample))}, header = true, "
+            f"null_padding = true{pinned})"
         ).fetchone()
     except duckdb.Error:
-        return from_header, '"'
-    if delimiter not in header_line and any(counts.values()):
-        delimiter = from_header
-    # A backslash escape is a dialect of its own; anything else reads as RFC 4180.
-    return delimiter, "\\" if (quote, escape) == ('"', "\\") else '"'
+        return CsvDialect(given or from_header)
+    if given:
+        sniffed = given
+    elif sniffed not in header_line and any(counts.values()):
+        sniffed = from_header
+    # Quoting is always RFC 4180 ('"', doubled inside a value), whatever the sniffer fell back to on
+    # a broken sample; only a backslash escape it saw is kept, as a dialect of its own.
+    return CsvDialect(sniffed, escape="\\" if (quote, escape) == ('"', "\\") else '"')
 
 
 def _records(text: str, dialect: CsvDialect) -> csv.reader:
@@ -143,8 +148,7 @@ def inspect_head(
     """
     problem = not_text_problem(head, integration.encoding)
     if problem is not None:
-        what, fix = problem
-        raise CsvFileError(f"{where} is not CSV text: it is {what}; {fix}")
+        raise CsvFileError(f"{where} {problem}")
     text = _decode(head, complete, integration, where)
     if not text.strip():
         raise CsvFileError(f"{where} holds no header row (only blank lines): export it again with a header row and data rows")
@@ -155,21 +159,23 @@ def inspect_head(
             f"{where}: the header row is longer than {human_bytes(HEAD_BYTES)}, so it cannot be a header; "
             "check that the file is CSV with a header row"
         )
-    sample = work_dir / "dialect-sample.csv"
+    sample = work_dir / "head.sample"  # never a pending file name, so never the downloaded file
     sample.write_text(sample_text, encoding="utf-8")
     try:
-        delimiter, escape = _sniff_delimiter(con, sample, header_line)
-        widest = _widest_sampled(con, sample, integration.delimiter or delimiter, escape)
+        dialect = _sniff_dialect(con, sample, header_line, integration.delimiter)
+        widest = _widest_sampled(con, sample, dialect)
     finally:
         sample.unlink(missing_ok=True)
-    dialect = CsvDialect(delimiter=integration.delimiter or delimiter, escape=escape)
 
     records = _records(sample_text, dialect)
     try:
         header = next(records)
-        has_data = not complete or any(any(cell.strip() for cell in record) for record in records)
     except csv.Error as exc:
         raise CsvFileError(f"{where}: the header row cannot be read as CSV ({exc}); check that the file is CSV") from None
+    try:  # only the first non-blank record after the header is looked for
+        has_data = not complete or any(any(cell.strip() for cell in record) for record in records)
+    except csv.Error:  # e.g. a cell over Python's field size limit: a record all the same, DuckDB reads it
+        has_data = True
     if not has_data:
         raise CsvFileError(
             f"{where} has a header row but no data rows: export it again with the data rows below the header"
@@ -178,13 +184,13 @@ def inspect_head(
     return CsvShape(dialect, header, source_for, max(widest, len(header)), warnings)
 
 
-def _widest_sampled(con: duckdb.DuckDBPyConnection, sample: Path, delimiter: str, escape: str) -> int:
-    """The most cells in a row of the sample, as DuckDB reads it with the chosen dialect."""
+def _widest_sampled(con: duckdb.DuckDBPyConnection, sample: Path, dialect: CsvDialect) -> int:
+    """The most cells in a row of the sample, as DuckDB reads it with the dialect."""
     try:
         described = con.execute(
             f"DESCRIBE SELECT * FROM read_csv({literal(str(sample))}, header = false, all_varchar = true, "
-            f"null_padding = true, parallel = false, delim = {literal(delimiter)}, quote = '\"', "
-            f"escape = {literal(escape)})"
+            f"null_padding = true, parallel = false, delim = {literal(dialect.delimiter)}, "
+            f"quote = {literal(dialect.quote)}, escape = {literal(dialect.escape)})"
         ).fetchall()
     except duckdb.Error:
         return 0  # the head does not parse; reading the whole file will say where
@@ -211,8 +217,8 @@ def map_columns(header: list[str], integration: CsvIntegration, where: str) -> t
     positions: dict[str, list[int]] = defaultdict(list)
     for position, cell in enumerate(header):
         positions[cell.strip().lower()].append(position)
-    wanted = [(integration.user_id_column, "the user id column")] + [
-        (p.column, f"the column of property {p.name!r}") for p in integration.properties
+    wanted = [(integration.user_id_column, f"the user id column {integration.user_id_column!r}")] + [
+        (p.column, f"the column {p.column!r} of property {p.name!r}") for p in integration.properties
     ]
     source_for: dict[str, int] = {}
     missing: list[str] = []
@@ -224,7 +230,7 @@ def map_columns(header: list[str], integration: CsvIntegration, where: str) -> t
         elif not matches:
             missing.append(name)
         elif name not in source_for:
-            ambiguous.append(f"{_columns_text(header, matches)}, which all match {role} {name!r}")
+            ambiguous.append(f"{_columns_text(header, matches)}, so {role} is ambiguous")
     if missing:
         found = ", ".join(repr(h) for h in header[:30]) + (" ..." if len(header) > 30 else "")
         hint = "rename the columns in the file or fix the mapping in the catalog"
