@@ -17,6 +17,12 @@ from integration_hub.core.catalog import Catalog, load_catalog
 from integration_hub.core.warehouse import open_reader
 
 BUCKET = "acme-inbound"
+
+
+def lake_settings(root: Path) -> dict[str, str]:
+    """The catalog's `warehouse:` section for a lake in `root` (which must exist)."""
+    return {"catalog": str(root / "catalog.sqlite"), "data_path": str(root / "lake")}
+
 PREFIX = "inbound"
 
 CRM_INTEGRATION: dict[str, Any] = {
@@ -50,7 +56,7 @@ class Landing:
     # -- catalog ---------------------------------------------------------------
     def write_catalog(self, *integrations: dict[str, Any], **extra: Any) -> Catalog:
         document = {
-            "warehouse": str(self.root / "warehouse.duckdb"),
+            "warehouse": lake_settings(self.root),
             "landing": str(self.root / "api_landing"),
             "connections": [self.connection],
             "integrations": list(integrations) or [CRM_INTEGRATION],
@@ -126,13 +132,13 @@ def run_job(catalog: Catalog, integration: str, files: list[str] | None = None) 
 
 
 def query(catalog: Catalog, sql: str, params: list[Any] | None = None) -> list[tuple]:
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         assert con is not None, "the warehouse was never created"
         return con.execute(sql, params or []).fetchall()
 
 
 def runs_of(catalog: Catalog, integration: str = "crm") -> list[dict[str, Any]]:
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         result = con.execute(
             "SELECT * FROM integration_runs WHERE integration = ? ORDER BY started_at, run_id", [integration]
         )

@@ -50,7 +50,7 @@ def test_definitions_of_an_api_integration(tmp_path: Path) -> None:
     spec = graph.get(dg.AssetKey("web_batches"))
     assert "api" in spec.kinds
     attributes = definitions.resolve_assets_def(dg.AssetKey("attributes_web"))
-    assert attributes.op.pool == "duckdb_writer"
+    assert attributes.op.pool == "integration_web"
     assert {c.name for c in attributes.check_specs} == {
         "user_id_unique_not_null",
         "column_types",

@@ -11,7 +11,7 @@ import yaml
 
 from integration_hub.cli.main import build_parser, main
 from integration_hub.core.catalog import parse_catalog
-from integration_hub_tests.support import CRM_INTEGRATION, Landing, query
+from integration_hub_tests.support import CRM_INTEGRATION, Landing, lake_settings, query
 
 GOOD = "email,Plan Tier,tickets,is_active,signup,last_login\na@x.com,gold,1,yes,2024-01-01,\nb@x.com,free,2,no,2024-02-01,\n"
 
@@ -55,7 +55,7 @@ def test_dry_run_changes_nothing(local_landing: Landing, capsys) -> None:
     code, out, _ = cli(capsys, "run", "crm", "--dry-run", "--catalog", str(local_landing.catalog_path))
     assert code == 1 and "would process crm/a.csv" in out and "header ok" in out and "missing user id column" in out
     assert sorted(local_landing.keys()) == ["a.csv", "b.csv"]
-    assert not local_landing.write_catalog().warehouse_path.exists()
+    assert not local_landing.write_catalog().warehouse_catalog_path.exists()
 
 
 def test_disable_stops_runs_and_shows_in_the_table(local_landing: Landing, capsys) -> None:
@@ -100,7 +100,7 @@ def test_check_names_a_missing_bucket(capsys, tmp_path) -> None:
 
     with MotoServer() as server:
         document = {
-            "warehouse": str(tmp_path / "w.duckdb"),
+            "warehouse": lake_settings(tmp_path),
             "connections": [{"name": "landing", "type": "s3", "bucket": "no-such-bucket", "endpoint_url": server.endpoint_url,
                              "region": "us-east-1", "access_key_id": "testing", "secret_access_key": "testing"}],
             "integrations": [CRM_INTEGRATION],

@@ -20,7 +20,7 @@ from integration_hub.core.catalog import Catalog, CatalogError, load_catalog
 from integration_hub.inbound_csv.check import check_csv_integration
 from integration_hub.inbound_csv.diagnose import explain_row_problem
 from integration_hub.inbound_csv.reader import HEAD_BYTES
-from integration_hub_tests.support import CRM_INTEGRATION, Landing, query, run_job, runs_of
+from integration_hub_tests.support import CRM_INTEGRATION, Landing, lake_settings, query, run_job, runs_of
 
 HEADER = "email,Plan Tier,tickets,is_active,signup,last_login\n"
 SEED = HEADER + "ann@x.com,gold,5,yes,2024-01-01,2024-05-01T10:00:00Z\nbob@x.com,silver,1,no,2024-02-01,\n"
@@ -211,12 +211,12 @@ def load_integration(extra: dict[str, Any]) -> Any:
 
     import yaml
 
-    document = {
-        "warehouse": "w.duckdb",
-        "connections": [{"name": "landing", "type": "local", "path": "landing"}],
-        "integrations": [{**CRM_INTEGRATION, **extra}],
-    }
     with tempfile.TemporaryDirectory() as folder:
+        document = {
+            "warehouse": lake_settings(Path(folder)),
+            "connections": [{"name": "landing", "type": "local", "path": "landing"}],
+            "integrations": [{**CRM_INTEGRATION, **extra}],
+        }
         path = Path(folder) / "integrations.yaml"
         path.write_text(yaml.safe_dump(document))
         return load_catalog(path).integration("crm")

@@ -29,7 +29,7 @@ def test_each_catalog_entry_becomes_its_assets_checks_job_sensor_and_schedule(lo
     assert defs.resolve_sensor_def("crm_sensor") and defs.resolve_schedule_def("crm_schedule")
     assert defs.resolve_schedule_def("crm_schedule").cron_schedule == "*/15 * * * *"
     # Loading definitions never touches the warehouse.
-    assert not catalog.warehouse_path.exists()
+    assert not catalog.warehouse_catalog_path.exists()
 
 
 def test_the_sensor_requests_new_files_once(landing: Landing) -> None:

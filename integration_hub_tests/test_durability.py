@@ -114,7 +114,7 @@ def test_a_type_change_that_does_not_convert_is_refused_and_changes_nothing(loca
     local_landing.put("crm/b.csv", HEADER + "b@x.com,3,2,no,2024-01-01,\n")
     result = run_job_allowing_failure(catalog)
     assert not result.success
-    with open_writer(load_catalog(local_landing.catalog_path).warehouse_path) as con:
+    with open_writer(load_catalog(local_landing.catalog_path)) as con:
         assert con.execute("SELECT user_id, plan FROM attributes_crm").fetchall() == [("a@x.com", "gold")]
     assert "b.csv" in local_landing.keys()  # still pending, nothing lost
 

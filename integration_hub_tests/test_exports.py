@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from integration_hub.core.assets import TAG_INTEGRATION, WRITER_POOL
+from integration_hub.core.assets import TAG_INTEGRATION, integration_pool
 from integration_hub.core.catalog import CatalogError
 from integration_hub.definitions import build_definitions
 from integration_hub.exports.export import ExportError, render_file_name
@@ -262,7 +262,7 @@ def test_definitions_shape(tmp_path: Path, request: pytest.FixtureRequest, monke
     assert spec.group_name == "daily"
     assert {d.asset_key for d in spec.deps} == {report_key("people_report")}
     assert spec.tags[TAG_INTEGRATION] == "daily"
-    assert asset.node_def.pool == WRITER_POOL
+    assert asset.node_def.pool == integration_pool("daily")
     job = defs.resolve_job_def("daily_job")
     assert {n.name for n in job.graph.node_defs} == {"report_people_report", "export_daily"}
     schedule = defs.resolve_schedule_def("daily_schedule")

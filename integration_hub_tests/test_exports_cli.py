@@ -14,6 +14,7 @@ from azure.storage.blob import BlobServiceClient
 from integration_hub.cli.main import main
 from integration_hub_tests.fakes.azurite import AzuriteServer, connection_string
 from integration_hub_tests.fakes.moto_server import MotoServer
+from integration_hub_tests.support import lake_settings
 from integration_hub_tests.test_exports_support import (
     PEOPLE_INTEGRATION,
     REPORT_SQL,
@@ -60,7 +61,7 @@ def _check_catalog(root: Path, moto: MotoServer, azurite: AzuriteServer, monkeyp
     ]
     exports[3]["file_name"] = "by_day/{integration}_{date}.csv"  # to_az_ok writes into a subfolder
     document = {
-        "warehouse": str(root / "warehouse.duckdb"),
+        "warehouse": lake_settings(root),
         "connections": connections,
         "integrations": [PEOPLE_INTEGRATION, *exports],
         "reports": [{"name": "people_report", "sql": REPORT_SQL}],

@@ -20,9 +20,10 @@ import yaml
 
 from integration_hub.core.catalog import Catalog, load_catalog
 from integration_hub.core.state import job_name
-from integration_hub.core.warehouse import ensure_schema, open_reader, open_writer
+from integration_hub.core.warehouse import ensure_schema, open_reader, open_writer, transaction
 from integration_hub_tests.fakes.azurite import AzuriteServer
 from integration_hub_tests.fakes.moto_server import MotoServer
+from integration_hub_tests.support import lake_settings
 
 AZURE_ENV = "EXPORT_TEST_AZURE_CONNECTION_STRING"
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -149,7 +150,7 @@ def write_catalog(
     integration = {"name": "daily", "type": "file_export", "connection": "outbox", "report": "people_report",
                    "folder": "daily", **(export or {})}
     document = {
-        "warehouse": str(root / "warehouse.duckdb"),
+        "warehouse": lake_settings(root),
         "landing": str(root / "api_landing"),
         "connections": [connection, {"name": "landing", "type": "local", "path": str(root / "landing")}],
         "integrations": [PEOPLE_INTEGRATION, integration, *(more_integrations or [])],
@@ -162,7 +163,7 @@ def write_catalog(
 
 def seed(catalog: Catalog, rows: list[tuple[Any, ...]]) -> None:
     """Attribute rows straight into attributes_people (the schema made by the real code)."""
-    with open_writer(catalog.warehouse_path) as con:
+    with open_writer(catalog) as con, transaction(con):  # one snapshot, not one per row
         ensure_schema(con, catalog)
         con.execute("DELETE FROM attributes_people")
         if rows:
@@ -184,7 +185,7 @@ def run_export_job(catalog: Catalog, name: str = "daily") -> dg.ExecuteInProcess
 def export_runs(catalog: Catalog, name: str = "daily") -> list[dict[str, Any]]:
     import json
 
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         result = con.execute(
             "SELECT * FROM integration_runs WHERE integration = ? ORDER BY started_at", [name]
         )
@@ -198,7 +199,7 @@ def export_runs(catalog: Catalog, name: str = "daily") -> list[dict[str, Any]]:
 def expected_rows(catalog: Catalog, report: str = "people_report", escape: bool = True) -> list[list[str]]:
     """The report as the file must show it: header first, every value as DuckDB renders it as text,
     NULL as '', and (independently of the code under test) formula-looking VARCHARs prefixed with '."""
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         table = f"report_{report}"
         columns = con.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "

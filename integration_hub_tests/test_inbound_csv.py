@@ -194,7 +194,7 @@ def test_a_large_file_logs_each_step(landing: Landing, monkeypatch: pytest.Monke
     store = landing_store(catalog, catalog.connection(integration.connection))
     [file] = store.list_pending("crm")
     lines: list[str] = []
-    with open_writer(catalog.warehouse_path) as con:
+    with open_writer(catalog) as con:
         ensure_schema(con, catalog)
         run = processing.process_file(con, store, integration, file, progress=lines.append)
     assert run is not None and run.status == "failed"  # 1 of 2 rows rejected: over max_rejected_ratio
@@ -204,7 +204,7 @@ def test_a_large_file_logs_each_step(landing: Landing, monkeypatch: pytest.Monke
     landing.put("crm/more.csv", crm_file("cy@example.com,gold,1,yes,2024-01-01,,"))
     [file] = store.list_pending("crm")
     lines.clear()
-    with open_writer(catalog.warehouse_path) as con:
+    with open_writer(catalog) as con:
         run = processing.process_file(con, store, integration, file, progress=lines.append)
     assert run is not None and run.status == "success"
     assert [line.split(" ")[0] for line in lines] == ["fetched", "read", "applied", "committed"]

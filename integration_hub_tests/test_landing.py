@@ -15,7 +15,7 @@ from integration_hub.core.catalog import parse_catalog
 from integration_hub.core.landing import S3LandingStore
 from integration_hub.core.state import dagster_instance, ensure_dagster_home
 from integration_hub_tests.fakes.moto_server import MotoServer
-from integration_hub_tests.support import CRM_INTEGRATION
+from integration_hub_tests.support import CRM_INTEGRATION, lake_settings
 
 
 @mock_aws
@@ -64,7 +64,7 @@ def test_check_says_access_denied_and_never_shows_the_secret(tmp_path, capsys) -
         iam.create_user(UserName=user)
         key = iam.create_access_key(UserName=user)["AccessKey"]
         document = {
-            "warehouse": str(tmp_path / "w.duckdb"),
+            "warehouse": lake_settings(tmp_path),
             "connections": [{"name": "landing", "type": "s3", "bucket": "locked", "endpoint_url": server.endpoint_url,
                              "region": "us-east-1", "access_key_id": key["AccessKeyId"],
                              "secret_access_key": key["SecretAccessKey"]}],
@@ -79,7 +79,7 @@ def test_check_says_access_denied_and_never_shows_the_secret(tmp_path, capsys) -
     assert key["SecretAccessKey"] not in out
 
 
-def test_the_dagster_home_limits_duckdb_writers_to_one(tmp_path, monkeypatch) -> None:
+def test_the_dagster_home_runs_one_run_per_integration_pool_at_a_time(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     catalog = parse_catalog({"connections": [], "integrations": []}, base_dir=tmp_path)
     home = ensure_dagster_home(catalog)

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import dagster as dg
 import pytest
 
-from integration_hub.core.assets import TAG_INTEGRATION, WRITER_POOL
+from integration_hub.core.assets import TAG_INTEGRATION, integration_pool
 from integration_hub.definitions import build_definitions
 from integration_hub.reports.factory import report_key
 from integration_hub.salesforce.factory import salesforce_key
@@ -363,7 +363,7 @@ def test_definitions_shape(fake: FakeSalesforce, tmp_path: Path) -> None:
     node = graph.get(key)
     assert node.kinds == {"salesforce"} and node.group_name == "onboarding_to_salesforce"
     assert node.parent_keys == {report_key("onboarding")}
-    assert node.pools == {WRITER_POOL} and node.tags[TAG_INTEGRATION] == "onboarding_to_salesforce"
+    assert node.pools == {integration_pool("onboarding_to_salesforce")} and node.tags[TAG_INTEGRATION] == "onboarding_to_salesforce"
     job = defs.resolve_job_def("onboarding_to_salesforce_job")
     assert {k for k in job.asset_layer.asset_graph.get_all_asset_keys() if job.asset_layer.has(k)} >= {
         key, report_key("onboarding")}
@@ -407,7 +407,7 @@ def test_a_run_stopped_while_sending_keeps_what_was_sent(fake: FakeSalesforce, t
             return super().composite_update(object_name, records)
 
     integration = catalog.integration("onboarding_to_salesforce")
-    with open_writer(catalog.warehouse_path) as con:
+    with open_writer(catalog) as con:
         materialize_report(con, catalog.report("onboarding"))
         client = OutageAfterOneBatch(catalog, catalog.connection("sf"))  # type: ignore[arg-type]
         with pytest.raises(SyncError, match="stopped: update Contact failed"):

@@ -139,7 +139,7 @@ def test_connect_and_disconnect_through_the_command_line(
 
     # Stored encrypted, beside the warehouse, readable by this user only.
     token_file = token_store(catalog).path("sf")
-    assert token_file.parent == catalog.warehouse_path.parent / "salesforce_tokens"
+    assert token_file.parent == catalog.state_dir / "salesforce_tokens"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
     raw = token_file.read_bytes()
@@ -251,7 +251,7 @@ def test_jwt_bearer_for_headless_servers(fake: FakeSalesforce, tmp_path: Path, c
     assert run_sync_job(catalog).success
     assert fake.get("Contact", ids[0])["WalkMe_NPS__c"] == 7
     assert fake.calls_by_kind()["token"] == 1
-    assert not (catalog.warehouse_path.parent / "salesforce_tokens").exists()  # nothing stored
+    assert not (catalog.state_dir / "salesforce_tokens").exists()  # nothing stored
 
     path = str(tmp_path / "integrations.yaml")
     assert main(["salesforce", "connect", "sf", "--catalog", path]) == 0

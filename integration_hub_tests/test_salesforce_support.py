@@ -12,7 +12,7 @@ import yaml
 
 from integration_hub.core.catalog import Catalog, load_catalog
 from integration_hub.core.state import job_name
-from integration_hub.core.warehouse import ensure_schema, open_reader, open_writer
+from integration_hub.core.warehouse import ensure_schema, open_reader, open_writer, transaction
 from integration_hub.salesforce.auth import token_store
 from integration_hub_tests.fakes.salesforce import (
     FakeSalesforce,
@@ -26,6 +26,7 @@ from integration_hub_tests.fakes.salesforce import (
     text_field,
     textarea_field,
 )
+from integration_hub_tests.support import lake_settings
 
 CLIENT_ID = "hub-consumer-key"
 PEOPLE: dict[str, Any] = {
@@ -119,7 +120,7 @@ def write_catalog(
         **(integration or {}),
     }
     document = {
-        "warehouse": str(root / "warehouse.duckdb"),
+        "warehouse": lake_settings(root),
         "landing": str(root / "api_landing"),
         "connections": [{"name": "landing", "type": "local", "path": str(root / "landing")}, sf_connection],
         "integrations": [PEOPLE, sync],
@@ -145,7 +146,7 @@ def row(email: str, pct: float | None = 0.5, nps: float | None = 9, risk: str | 
 
 def seed(catalog: Catalog, rows: list[tuple[Any, ...]]) -> None:
     """Attribute rows straight into attributes_people (the schema made by the real code)."""
-    with open_writer(catalog.warehouse_path) as con:
+    with open_writer(catalog) as con, transaction(con):  # one snapshot, not one per row
         ensure_schema(con, catalog)
         con.execute("DELETE FROM attributes_people")
         stamp = datetime(2024, 6, 1, tzinfo=timezone.utc)
@@ -167,7 +168,7 @@ def run_sync_job(catalog: Catalog, full_resync: bool = False, name: str = "onboa
 
 
 def query(catalog: Catalog, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         assert con is not None
         result = con.execute(sql, params or [])
         names = [d[0] for d in result.description]

@@ -30,7 +30,7 @@ import duckdb
 from ..core.catalog import ApiIntegration
 from ..core.ingest import ROW_SOURCE_COLUMN, RunRecord, apply_source, new_run_id, now_utc, record_failure
 from ..core.sql import ident, literal
-from ..core.warehouse import ensure_bookkeeping
+from ..core.warehouse import ensure_bookkeeping, transaction
 from .batches import DATA_SUFFIX, BatchStore, utc_now_iso
 
 log = logging.getLogger(__name__)
@@ -198,14 +198,9 @@ def apply_group(
             return [
                 r for single in group for r in apply_group(con, store, integration, [single], dagster_run_id)
             ]
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             record_failure(con, run, f"the batch file could not be read: {str(exc).splitlines()[0]}")
             record_batches(con, run)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     outcome = {
         "run_id": run.run_id,
         "run_status": run.status,

@@ -80,11 +80,18 @@ def cmd_api(args: argparse.Namespace) -> int:
         max_records=args.max_records,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
+        max_header_bytes=args.max_header_bytes,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
     if args.workers < 1:
         raise ApiCommandError("--workers must be at least 1")
     if settings.max_body_bytes < 1024 or settings.max_records < 1:
         raise ApiCommandError("--max-body-bytes must be at least 1024 and --max-records at least 1")
+    if settings.max_header_bytes < 1024:
+        raise ApiCommandError("--max-header-bytes must be at least 1024")
+    if not (settings.header_timeout > 0 and settings.body_timeout > 0):
+        raise ApiCommandError("--header-timeout and --body-timeout must be more than 0 seconds")
     api = [i.name for i in catalog.integrations if isinstance(i, ApiIntegration)]
     if not api:
         print(
@@ -257,6 +264,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     def env_int(name: str, default: int) -> int:
         return int(os.environ.get(f"INTEGRATION_HUB_API_{name}", default))
 
+    def env_float(name: str, default: float) -> float:
+        return float(os.environ.get(f"INTEGRATION_HUB_API_{name}", default))
+
     api = subparsers.add_parser(
         "api",
         parents=parents,
@@ -264,7 +274,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         description=(
             "Serve the End User Update API with uvicorn. A 202 means the accepted records are on disk; "
             "the integration's sensor applies them to DuckDB (run `dagster dev` or `integration-hub demo`). "
-            "Limits can also be set with $INTEGRATION_HUB_API_MAX_BODY_BYTES, _MAX_RECORDS, _RATE_LIMIT, _RATE_BURST."
+            "Limits can also be set with $INTEGRATION_HUB_API_MAX_BODY_BYTES, _MAX_RECORDS, _RATE_LIMIT, "
+            "_RATE_BURST, _MAX_HEADER_BYTES, _HEADER_TIMEOUT, _BODY_TIMEOUT."
         ),
     )
     api.add_argument(
@@ -301,6 +312,26 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         type=int,
         default=env_int("RATE_BURST", 500),
         help="requests a token may send at once before --rate-limit applies (default 500)",
+    )
+    api.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=env_int("MAX_HEADER_BYTES", 16 * 1024),
+        help="largest request line and headers together, in bytes (default 16384); larger gets 431",
+    )
+    api.add_argument(
+        "--header-timeout",
+        type=float,
+        default=env_float("HEADER_TIMEOUT", 10.0),
+        metavar="SECONDS",
+        help="the request line and headers must arrive within this (default 10); else 408",
+    )
+    api.add_argument(
+        "--body-timeout",
+        type=float,
+        default=env_float("BODY_TIMEOUT", 10.0),
+        metavar="SECONDS",
+        help="the longest pause allowed in the middle of a body (default 10); else 408",
     )
     api.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     api.add_argument("--no-access-log", action="store_true", help="do not log each request")

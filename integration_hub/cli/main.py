@@ -17,7 +17,12 @@ The catalog is --catalog, else $INTEGRATION_HUB_CATALOG, else ./integrations.yam
 """
 
 # Kinds that add their own subcommands: module with `register(subparsers)`.
-EXTENSIONS = ("integration_hub.api.cli", "integration_hub.salesforce.cli")
+EXTENSIONS = (
+    "integration_hub.cli.lake",
+    "integration_hub.api.cli",
+    "integration_hub.salesforce.cli",
+    "integration_hub.alerts.cli",
+)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -125,9 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # every failure ends in one line, not a traceback
         from ..core.landing import LandingError
-        from ..core.warehouse import WarehouseBusyError
+        from ..core.warehouse import WarehouseError
 
-        if isinstance(exc, LandingError | WarehouseBusyError):
+        if isinstance(exc, LandingError | WarehouseError):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)

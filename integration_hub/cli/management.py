@@ -67,7 +67,7 @@ def _last_runs(catalog: Catalog) -> tuple[dict[str, dict], dict[str, int]]:
     """Per integration: the latest run, and properties imported by the latest successful run."""
     last: dict[str, dict] = {}
     imported: dict[str, int] = {}
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         if con is None:
             return last, imported
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -198,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _runs_of_dagster_run(catalog: Catalog, dagster_run_id: str) -> list[dict[str, Any]]:
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         if con is None:
             return []
         result = con.execute(
@@ -211,7 +211,7 @@ def _runs_of_dagster_run(catalog: Catalog, dagster_run_id: str) -> list[dict[str
 def cmd_logs(args: argparse.Namespace) -> int:
     catalog = catalog_from(args)
     integration = find_integration(catalog, args.name)
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         if con is None:
             runs: list[dict[str, Any]] = []
         else:

@@ -11,12 +11,29 @@ from .catalog import Catalog, InboundIntegration, Integration
 from .ingest import RunRecord, table_preview
 from .sql import DUCKDB_TYPES
 from .state import job_name, schedule_name, sensor_name
-from .warehouse import WarehouseResource, attributes_table, ensure_schema, same_type, table_columns
+from .warehouse import (
+    TAG_INTEGRATION,
+    WarehouseResource,
+    attributes_table,
+    ensure_schema,
+    same_type,
+    table_columns,
+)
 
-WRITER_POOL = "duckdb_writer"  # limited to 1 by the dagster.yaml that integration-hub writes
+__all__ = ["TAG_INTEGRATION", "integration_pool"]
+
+
+def integration_pool(integration_name: str) -> str:
+    """The Dagster pool of an integration's writing steps: each pool runs one run at a time
+    (the dagster.yaml integration-hub writes), so runs of one integration take turns while
+    different integrations run at once."""
+    return f"integration_{integration_name}"
+
+
 RESOURCE_KEY = "warehouse"
-TAG_INTEGRATION = "integration_hub/integration"
 TAG_TRIGGER = "integration_hub/trigger"
+TAG_OUTCOME = "integration_hub/outcome"  # success | partial | skipped | failed
+SOURCES_CHECK = "sources_applied"  # fails (WARN) when a source of the run failed: the run's outcome
 
 
 def sensor_status(integration: Integration) -> dg.DefaultSensorStatus:
@@ -45,7 +62,7 @@ def attribute_check_specs(integration: InboundIntegration) -> list[dg.AssetCheck
             "column_types", asset=key, description="Every property column exists with its catalog type."
         ),
         dg.AssetCheckSpec(
-            "sources_applied",
+            SOURCES_CHECK,
             asset=key,
             description="No source (file or API batch) of the latest run failed.",
         ),
@@ -64,8 +81,8 @@ def attributes_asset(
         key=attributes_key(integration.name),
         deps=[source_key],
         group_name=integration.name,
-        kinds={"duckdb", source_kind},
-        pool=WRITER_POOL,
+        kinds={"duckdb", "ducklake", source_kind},
+        pool=integration_pool(integration.name),
         check_specs=attribute_check_specs(integration),
         description=description,
         tags={TAG_INTEGRATION: integration.name},
@@ -94,7 +111,7 @@ def attribute_checks(
         ),
         dg.AssetCheckResult(check_name="column_types", passed=not wrong, metadata={"mismatches": str(wrong or "none")}),
         dg.AssetCheckResult(
-            check_name="sources_applied",
+            check_name=SOURCES_CHECK,
             passed=not failed,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"failed_sources": "\n".join(f"{r.source}: {r.message}" for r in failed) or "none"},
@@ -136,8 +153,7 @@ def build_user_profiles(catalog: Catalog) -> dg.AssetsDefinition:
         key=USER_PROFILES_KEY,
         deps=inbound_keys,
         group_name="warehouse",
-        kinds={"duckdb"},
-        pool=WRITER_POOL,
+        kinds={"duckdb", "ducklake"},
         description="A view: one row per user known to any inbound integration, one column per property.",
     )
     def user_profiles(warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -151,7 +167,11 @@ def build_user_profiles(catalog: Catalog) -> dg.AssetsDefinition:
 
 
 def warehouse_resource(catalog: Catalog) -> WarehouseResource:
-    return WarehouseResource(database=str(catalog.warehouse_path))
+    return WarehouseResource(
+        database=str(catalog.warehouse_catalog_path),
+        data_path=str(catalog.warehouse_data_path),
+        retention_days=catalog.warehouse.snapshot_retention_days,
+    )
 
 
 def integration_job(

@@ -26,6 +26,7 @@ from .warehouse import (
     ensure_attribute_table,
     ensure_bookkeeping,
     table_columns,
+    transaction,
 )
 
 Status = Literal["success", "partial", "failed", "skipped"]
@@ -33,10 +34,10 @@ Progress = Callable[[str], None]  # receives a line for the run's log
 ROW_ERROR_COLUMN = "_row_error"  # optional source column: a reason the whole row is unusable
 ROW_SOURCE_COLUMN = "_row_source"  # optional source column: where each row comes from (else the run's source)
 PREVIEW_ROWS = 5
-# From this many valid rows (and at least a quarter of the table) a source rebuilds the table
-# instead of MERGE-ing into it: see _rebuild_sql.
-REBUILD_MIN_ROWS = 200_000
-JOINED_ROWS = "_rebuild_joined"  # temp table: source rows merged with their old values
+# From this many valid rows, and at least 1/REWRITE_MIN_SHARE of the table, a source rewrites
+# the table instead of MERGE-ing into it (see _rewrite_sql; measured by benchmarks/bench_csv.py).
+REWRITE_MIN_ROWS = 200_000
+REWRITE_MIN_SHARE = 4
 
 
 @dataclass
@@ -82,6 +83,11 @@ class WarehouseMemoryError(RuntimeError):
 def record_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     """Insert the run's bookkeeping row (inside the caller's transaction, if any)."""
     run.finished_at = run.finished_at or now_utc()
+    with transaction(con):
+        _insert_run(con, run)
+
+
+def _insert_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     con.execute(
         "INSERT INTO integration_runs (run_id, integration, kind, source, started_at, finished_at, status, "
         "rows_read, rows_applied, rows_rejected, properties_imported, message, dagster_run_id, details) "
@@ -219,7 +225,7 @@ def _valid_rows_sql(any_rejected: bool) -> str:
     )
 
 
-def _rebuild_sql(
+def _rewrite_sql(
     con: duckdb.DuckDBPyConnection,
     integration: InboundIntegration,
     table: str,
@@ -227,73 +233,44 @@ def _rebuild_sql(
     applied_at: datetime,
     valid_rows: str,
 ) -> list[str]:
-    """Apply by writing the merged table anew and swapping it in, in the same transaction.
+    """Apply a large source by writing the merged table anew into the same lake table.
 
-    For large sources this beats MERGE on time and, above all, on memory: DuckDB keeps the undo
-    data of every updated row in memory until commit, while a bulk insert streams to disk.
-    The new table is written in three parts, so that only the source rows that need an old value
-    go through a join carrying the old table's columns: the users the source does not mention (an
-    anti-join on the id alone), the source rows that are complete on their own, and the rest.
+    Every user is written once: the old rows the source does not mention as they were, the
+    source's rows merged with their old values (a full outer join on the id). Then the old rows
+    are deleted by row id, which in a DuckLake ends their Parquet files without rewriting them.
+    For a source that is large next to its table this beats MERGE, whose updates the lake writes
+    as a delete and an insert per row. The table keeps its identity, so its history
+    (`table_changes`, time travel) runs on.
     """
     mapped = [name for _, name, _ in integration.inbound_properties]
     keep = integration.on_blank == "keep"
-    columns = list(table_columns(con, table).items())
-    names = [name for name, _ in columns]
+    names = list(table_columns(con, table))
     stamp, row_source = _written_by(source, applied_at)
-    # Columns of properties no longer in the catalog keep their old values, so then every row joins.
-    retained = [n for n in names if n not in mapped and n not in ("user_id", "_updated_at", "_source")]
-    if retained:
-        complete = "FALSE"
-    elif keep:  # a blank cell keeps the old value: only rows without blanks are complete
-        complete = " AND ".join(f"s.{ident(n)} IS NOT NULL" for n in mapped) or "TRUE"
-    else:
-        complete = "TRUE"
-    joined = []
+    merged = []
     for name in names:
         column = ident(name)
         if name == "user_id":
-            joined.append("s.user_id")
+            merged.append("COALESCE(s.user_id, t.user_id)")
         elif name in mapped:
-            joined.append(f"COALESCE(s.{column}, t.{column})" if keep else f"s.{column}")
+            value = f"COALESCE(s.{column}, t.{column})" if keep else f"s.{column}"
+            merged.append(f"CASE WHEN s.user_id IS NULL THEN t.{column} ELSE {value} END")
         elif name == "_updated_at":
-            joined.append(stamp)
+            merged.append(f"CASE WHEN s.user_id IS NULL THEN t._updated_at ELSE {stamp} END")
         elif name == "_source":
-            joined.append(row_source)
-        else:
-            joined.append(f"t.{column}")
-    own = ["s.user_id", *(f"s.{ident(n)}" for n in mapped), stamp, row_source]
-    own_columns = ", ".join(ident(n) for n in ["user_id", *mapped, "_updated_at", "_source"])
-    rebuilt = ident(f"{table}__rebuild")
-    old = ident(table)
-    definition = ", ".join(f"{ident(name)} {data_type}" for name, data_type in columns)
+            merged.append(f"CASE WHEN s.user_id IS NULL THEN t._source ELSE {row_source} END")
+        else:  # a column of a property no longer in the catalog keeps its values
+            merged.append(f"t.{column}")
+    last_old_row = con.execute(f"SELECT max(rowid) FROM {ident(table)}").fetchone()[0]
     statements = [
-        f"DROP TABLE IF EXISTS {rebuilt}",
-        # The new table's row order does not matter, and not keeping it lets the inserts stream
+        # Row order in the new files does not matter, and not keeping it lets the insert stream
         # (apply_source resets it: staging relies on the order).
         "SET preserve_insertion_order = false",
+        f"INSERT INTO {ident(table)} ({', '.join(ident(n) for n in names)}) SELECT {', '.join(merged)} "
+        f"FROM {ident(table)} AS t FULL OUTER JOIN ({valid_rows}) AS s ON t.user_id = s.user_id",
     ]
-    if complete != "TRUE":
-        # Joined before the new table exists: its index, which cannot be spilled, would otherwise
-        # grow while the join needs its memory, and run a 1 GB memory_limit out.
-        statements.append(
-            f"CREATE OR REPLACE TEMP TABLE {JOINED_ROWS} AS SELECT {', '.join(joined)} FROM ({valid_rows}) AS s "
-            f"LEFT JOIN {old} AS t ON t.user_id = s.user_id WHERE NOT ({complete})"
-        )
-    statements += [
-        # The key is declared up front: maintaining the index during the inserts takes about as
-        # long as building it afterwards, and building it at commit needs ~0.7 GB of memory
-        # outside DuckDB's memory_limit.
-        f"CREATE TABLE {rebuilt} ({definition}, PRIMARY KEY (user_id))",
-        f"INSERT INTO {rebuilt} SELECT {', '.join(f't.{ident(n)}' for n in names)} "
-        f"FROM {old} AS t ANTI JOIN ({valid_rows}) AS s ON s.user_id = t.user_id",
-    ]
-    if complete != "FALSE":
-        statements.append(
-            f"INSERT INTO {rebuilt} ({own_columns}) SELECT {', '.join(own)} FROM ({valid_rows}) AS s WHERE {complete}"
-        )
-    if complete != "TRUE":
-        statements += [f"INSERT INTO {rebuilt} SELECT * FROM {JOINED_ROWS}", f"DROP TABLE {JOINED_ROWS}"]
-    return [*statements, f"DROP TABLE {old}", f"ALTER TABLE {rebuilt} RENAME TO {old}"]
+    if last_old_row is not None:
+        statements.append(f"DELETE FROM {ident(table)} WHERE rowid <= {int(last_old_row)}")
+    return statements
 
 
 def _apply_valid_rows(
@@ -304,12 +281,12 @@ def _apply_valid_rows(
     valid_rows: int,
     progress: Progress,
 ) -> int:
-    """MERGE for ordinary sources; rebuild the table when the source is large next to it."""
+    """MERGE for ordinary sources; rewrite the table when the source is large next to it."""
     existing = con.execute(f"SELECT count(*) FROM {ident(table)}").fetchone()[0]
     rows = _valid_rows_sql(run.rows_rejected > 0)
-    if valid_rows >= REBUILD_MIN_ROWS and valid_rows * 4 >= existing:
+    if valid_rows >= REWRITE_MIN_ROWS and valid_rows * REWRITE_MIN_SHARE >= existing:
         progress(f"writing {table} anew: {existing:,} users in the table, {valid_rows:,} rows to apply")
-        for statement in _rebuild_sql(con, integration, table, run.source, run.started_at, rows):
+        for statement in _rewrite_sql(con, integration, table, run.source, run.started_at, rows):
             con.execute(statement)
         return valid_rows
     applied = con.execute(_merge_sql(integration, table, run.source, run.started_at, rows)).fetchone()
@@ -327,7 +304,7 @@ def apply_source(
     before_commit: Any = None,
     progress: Progress | None = None,
 ) -> RunRecord:
-    """Validate a source relation and MERGE its good rows; bookkeeping in the same transaction.
+    """Validate a source relation and apply its good rows; bookkeeping in the same transaction.
 
     `before_commit(con, run)` runs inside the transaction after the decision (used to record
     processed files). If more than `max_rejected_ratio` of the rows are rejected, or no row is
@@ -341,10 +318,9 @@ def apply_source(
 
     source_columns = [d[0] for d in con.execute(f"DESCRIBE SELECT * FROM ({source_sql})").fetchall()]
     table = attributes_table(integration.name)
-    con.execute("BEGIN TRANSACTION")
     try:
-        ensure_bookkeeping(con)
-        ensure_attribute_table(con, integration)
+        # Reading and validating the source writes only temporary tables: it runs outside the
+        # lake transaction, so other integrations' commits go on meanwhile.
         con.execute(_stage_sql(integration, source_sql, source_columns))
         con.execute(_staged_view_sql(con, row_offset))
         con.execute(_duplicates_sql())
@@ -354,11 +330,6 @@ def apply_source(
         run.rows_read, run.rows_rejected = rows_read, rows_rejected
         report(f"read and validated {rows_read:,} rows, {rows_rejected:,} rejected")
         run.properties_imported = len(integration.inbound_properties)
-        con.execute(
-            "INSERT INTO rejected_rows SELECT ?, ?, ?, _row, user_id, column_name, value, reason "
-            "FROM _rejects ORDER BY _row",
-            [run.run_id, run.integration, run.source],
-        )
         run.rejected_preview = [
             dict(zip(("row_number", "user_id", "column_name", "value", "reason"), r, strict=True))
             for r in con.execute(
@@ -367,6 +338,7 @@ def apply_source(
         ]
         valid_rows = rows_read - rows_rejected
         ratio = rows_rejected / rows_read if rows_read else 1.0
+        applying = False
         if rows_read == 0:
             run.status, run.message = "failed", "no rows: the source has a header but no data rows: send it again with the data rows below the header"
         elif valid_rows == 0:
@@ -378,19 +350,27 @@ def apply_source(
                 f"{max_rejected_ratio:.0%}: nothing applied; fix the rows listed in rejected_rows and send it again"
             )
         else:
-            run.rows_applied = _apply_valid_rows(con, integration, table, run, valid_rows, report)
-            plural = "s" if run.rows_applied != 1 else ""
-            report(f"applied {run.rows_applied:,} row{plural} to {table}, committing")
-            run.status = "partial" if rows_rejected else "success"
-            if rows_rejected:
-                run.message = f"{rows_rejected} row{'s' if rows_rejected != 1 else ''} rejected (see rejected_rows)"
-        if before_commit is not None:
-            before_commit(con, run)
-        record_run(con, run)
-        con.execute("COMMIT")
+            applying = True
+        with transaction(con):
+            ensure_bookkeeping(con)
+            ensure_attribute_table(con, integration)
+            con.execute(
+                "INSERT INTO rejected_rows SELECT ?, ?, ?, _row, user_id, column_name, value, reason "
+                "FROM _rejects ORDER BY _row",
+                [run.run_id, run.integration, run.source],
+            )
+            if applying:
+                run.rows_applied = _apply_valid_rows(con, integration, table, run, valid_rows, report)
+                plural = "s" if run.rows_applied != 1 else ""
+                report(f"applied {run.rows_applied:,} row{plural} to {table}, committing")
+                run.status = "partial" if rows_rejected else "success"
+                if rows_rejected:
+                    run.message = f"{rows_rejected} row{'s' if rows_rejected != 1 else ''} rejected (see rejected_rows)"
+            if before_commit is not None:
+                before_commit(con, run)
+            record_run(con, run)
         report("committed")
     except duckdb.OutOfMemoryException as exc:
-        con.execute("ROLLBACK")
         limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
         rows = f"{run.rows_read:,} rows " if run.rows_read else ""
         raise WarehouseMemoryError(
@@ -399,13 +379,9 @@ def apply_source(
             f"set ${MEMORY_LIMIT_ENV} higher (e.g. 4GB) for the Dagster runs and run it again "
             f"({str(exc).splitlines()[0]})"
         ) from None
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     finally:
-        for statement in ("DROP VIEW IF EXISTS _stage", "DROP TABLE IF EXISTS _stage_rows",
-                          "DROP TABLE IF EXISTS _dups", "DROP TABLE IF EXISTS _rejects",
-                          f"DROP TABLE IF EXISTS {JOINED_ROWS}",
+        for statement in ("DROP VIEW IF EXISTS temp.main._stage", "DROP TABLE IF EXISTS temp.main._stage_rows",
+                          "DROP TABLE IF EXISTS temp.main._dups", "DROP TABLE IF EXISTS temp.main._rejects",
                           "RESET preserve_insertion_order"):
             try:
                 con.execute(statement)

@@ -19,8 +19,9 @@ REPOSITORY_NAME = "__repository__"
 DEFINITIONS_MODULE = "integration_hub.definitions"
 
 DAGSTER_YAML = """\
-# Written by integration-hub. Only one run writes the DuckDB warehouse at a time:
-# every asset that writes it is in the `duckdb_writer` pool, limited to 1 run.
+# Written by integration-hub. Each integration's writing steps are in its own pool
+# (`integration_<name>`), limited to 1 run: runs of one integration take turns, while
+# different integrations run at the same time.
 concurrency:
   pools:
     granularity: run

@@ -50,7 +50,7 @@ def _report_problem(catalog: Catalog, integration: FileExportIntegration) -> str
     except ReportError as exc:
         return str(exc)
     try:
-        with open_reader(catalog.warehouse_path, timeout=5) as con:
+        with open_reader(catalog, timeout=5) as con:
             if con is None:
                 return None  # no warehouse yet: the first run creates it
             con.execute(f"DESCRIBE {sql}")
@@ -71,7 +71,7 @@ def dry_run_file_export(catalog: Catalog, integration: FileExportIntegration, ar
         print(f"{integration.name}: {exc}")
         return 1
     report = catalog.report(integration.report)
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         if con is None:
             rows_text = "unknown (the warehouse does not exist yet)"
         else:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import duckdb
 
-from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule
+from ..core.assets import TAG_INTEGRATION, integration_job, integration_pool, integration_schedule
 from ..core.catalog import Catalog, FileExportIntegration, S3Connection
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.warehouse import WarehouseResource, ensure_bookkeeping, ensure_schema
@@ -56,7 +56,7 @@ def build_file_export_integration(catalog: Catalog, integration: FileExportInteg
         deps=[upstream],
         group_name=name,
         kinds={"s3" if on_s3 else "azure", "csv"},
-        pool=WRITER_POOL,
+        pool=integration_pool(integration.name),
         tags={TAG_INTEGRATION: name},
         description=(
             f"Report `{integration.report}` written as one CSV file{compression} `{integration.file_name}` "

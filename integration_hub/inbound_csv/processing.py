@@ -23,7 +23,7 @@ from ..core.catalog import CsvIntegration
 from ..core.ingest import Progress, RunRecord, apply_source, new_run_id, now_utc, record_failure, record_run
 from ..core.landing import LandingFile, LandingStore, stem
 from ..core.sql import literal
-from ..core.warehouse import ensure_bookkeeping
+from ..core.warehouse import ensure_bookkeeping, transaction
 from .content import FileDigest, digest_file, explain_gzip
 from .diagnose import diagnose, explain_read_error
 from .reader import (
@@ -98,21 +98,17 @@ def _finish(
     if errors is not None:
         errors_key = posixpath.join(posixpath.dirname(moved_to), f"{stem(posixpath.basename(moved_to))}.errors.csv")
         store.write_text(errors_key, errors.read_text(encoding="utf-8"))
-    con.execute(
-        "UPDATE processed_files SET moved_to = ? WHERE run_id = ? AND key = ?", [moved_to, run.run_id, file.key]
-    )
+    with transaction(con):
+        con.execute(
+            "UPDATE processed_files SET moved_to = ? WHERE run_id = ? AND key = ?", [moved_to, run.run_id, file.key]
+        )
     return moved_to
 
 
 def _fail(con: duckdb.DuckDBPyConnection, run: RunRecord, file: LandingFile, message: str, sha256: str | None) -> None:
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         record_failure(con, run, message)
         _record_file(con, run, file, sha256)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def process_file(
@@ -270,10 +266,9 @@ def _apply_file(
     except DuplicateFile as duplicate:
         run.status, run.rows_applied = "skipped", 0
         run.message = f"identical content was already applied by run {duplicate.earlier_run}: not applied twice"
-        con.execute("BEGIN TRANSACTION")
-        record_run(con, run)
-        _record_file(con, run, file, digest.result().sha256)
-        con.execute("COMMIT")
+        with transaction(con):
+            record_run(con, run)
+            _record_file(con, run, file, digest.result().sha256)
         return run
     except CsvFileError as exc:
         _fail(con, run, file, str(exc), digest.result().sha256)

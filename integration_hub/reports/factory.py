@@ -10,11 +10,11 @@ from collections.abc import Callable
 import dagster as dg
 import duckdb
 
-from ..core.assets import USER_PROFILES_KEY, WRITER_POOL, attributes_key
+from ..core.assets import USER_PROFILES_KEY, attributes_key
 from ..core.catalog import Catalog, Report
 from ..core.ingest import table_preview
 from ..core.sql import ident
-from ..core.warehouse import WarehouseResource, ensure_schema
+from ..core.warehouse import WarehouseResource, ensure_schema, transaction
 
 _READ_ONLY = re.compile(r"^\s*(\(\s*)*(select|with|from|values|table)\b", re.IGNORECASE)
 
@@ -45,12 +45,10 @@ def materialize_report(con: duckdb.DuckDBPyConnection, report: Report) -> int:
     """(Re)build `report_<name>` from its SQL in one transaction; returns the row count."""
     sql = validate_report_sql(report)
     table = report_table(report.name)
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS {sql}")
-        con.execute("COMMIT")
+        with transaction(con):
+            con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS {sql}")
     except duckdb.Error as exc:
-        con.execute("ROLLBACK")
         raise ReportError(f"report {report.name!r} failed: {str(exc).splitlines()[0]}; fix its sql in the catalog") from None
     return con.execute(f"SELECT count(*) FROM {ident(table)}").fetchone()[0]
 
@@ -63,7 +61,7 @@ def build_report(catalog: Catalog, report: Report) -> dg.AssetsDefinition:
         deps=upstream,
         group_name="reports",
         kinds={"duckdb", "sql"},
-        pool=WRITER_POOL,
+        pool=f"report_{report.name}",  # one materialization of a report at a time
         description=report.description or f"Report `{report.name}`:\n\n```sql\n{report.sql.strip()}\n```",
     )
     def report_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:

@@ -189,7 +189,7 @@ class TokenStore:
 
 def token_store(catalog: Catalog) -> TokenStore:
     """Beside the warehouse (never in DuckDB, never in the repository)."""
-    return TokenStore(catalog.warehouse_path.parent / "salesforce_tokens")
+    return TokenStore(catalog.state_dir / "salesforce_tokens")
 
 
 # ---------------------------------------------------------------------------- token endpoint

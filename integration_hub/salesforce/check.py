@@ -33,7 +33,7 @@ def _report_columns(catalog: Catalog, integration: SalesforceIntegration) -> tup
     except ReportError as exc:
         return None, str(exc)
     try:
-        with open_reader(catalog.warehouse_path, timeout=5) as con:
+        with open_reader(catalog, timeout=5) as con:
             if con is None:
                 return None, None
             return {r[0]: r[1] for r in con.execute(f"DESCRIBE {sql}").fetchall()}, None
@@ -92,9 +92,9 @@ def _print_rows(title: str, rows: list[dict[str, Any]], total: int) -> None:
 def dry_run_salesforce(catalog: Catalog, integration: SalesforceIntegration, args: argparse.Namespace) -> int:
     """Print what a run would update, and what is unmatched, ambiguous and invalid; sends and writes nothing."""
     full = bool(getattr(args, "full_resync", False))
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         if con is None:
-            print(f"{integration.name}: the warehouse {catalog.warehouse_path} does not exist yet; run an inbound "
+            print(f"{integration.name}: the warehouse {catalog.warehouse_catalog_path} does not exist yet; run an inbound "
                   "integration first")
             return 1
         try:

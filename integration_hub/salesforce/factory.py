@@ -11,10 +11,10 @@ The job materializes the report and then syncs it, in one run. No sensor: the sc
 import dagster as dg
 import duckdb
 
-from ..core.assets import TAG_INTEGRATION, WRITER_POOL, integration_job, integration_schedule
+from ..core.assets import TAG_INTEGRATION, integration_job, integration_pool, integration_schedule
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
 from ..core.ingest import new_run_id, now_utc
-from ..core.warehouse import WarehouseResource, ensure_schema
+from ..core.warehouse import WarehouseResource, ensure_schema, transaction
 from ..reports.factory import report_failure_hook, report_key
 from .auth import login_host
 from .sync import SyncError, SyncResult, ensure_salesforce_tables, record_sync_run, run_sync
@@ -59,7 +59,7 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         deps=[upstream],
         group_name=name,
         kinds={"salesforce"},
-        pool=WRITER_POOL,
+        pool=integration_pool(integration.name),
         tags={TAG_INTEGRATION: name},
         description=(
             f"Salesforce exports: report `{integration.report}` synced into {target}, update only, matched on "
@@ -99,10 +99,9 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         result = SyncResult(run_id=new_run_id(), integration=name, report=integration.report,
                             object=integration.object, started_at=now_utc(), dagster_run_id=dagster_run_id,
                             message=f"nothing sent: report {integration.report!r} failed: {reason}")
-        con.execute("BEGIN TRANSACTION")
-        ensure_salesforce_tables(con)
-        record_sync_run(con, result)
-        con.execute("COMMIT")
+        with transaction(con):
+            ensure_salesforce_tables(con)
+            record_sync_run(con, result)
 
     report_failed = report_failure_hook(name, key, record_report_failure)
 

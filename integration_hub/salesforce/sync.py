@@ -33,7 +33,7 @@ import duckdb
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.sql import ident, literal
-from ..core.warehouse import ensure_bookkeeping, ensure_table
+from ..core.warehouse import ensure_bookkeeping, ensure_table, transaction
 from ..reports.factory import ReportError, report_table, validate_report_sql
 from .auth import SalesforceAuthError, redact
 from .client import BULK_MAX_UPLOAD_BYTES, COMPOSITE_BATCH, SalesforceApiError, SalesforceClient, SaveError
@@ -680,8 +680,7 @@ class SalesforceSync:
         result.runtime_seconds = time.monotonic() - self._started
         assert self.client is not None
         result.api_calls = dict(sorted(self.client.calls.items()))
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             ensure_salesforce_tables(con)
             con.execute(
                 "INSERT INTO salesforce_sync_results SELECT $run, $integration, report_key, salesforce_id, outcome, error "
@@ -707,10 +706,6 @@ class SalesforceSync:
                 {"integration": result.integration, "target": plan.target, "run": result.run_id, "now": now_utc()},
             )
             record_sync_run(con, self.result)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         self._recorded = True
         if fatal:
             raise SyncError(result.message)
@@ -727,15 +722,11 @@ class SalesforceSync:
             return
         con = self.con
         try:
-            con.execute("BEGIN TRANSACTION")
-            ensure_salesforce_tables(con)
-            record_sync_run(con, self.result)
-            con.execute("COMMIT")
+            with transaction(con):
+                ensure_salesforce_tables(con)
+                record_sync_run(con, self.result)
         except duckdb.Error:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
+            pass
 
 
 def run_sync(

@@ -1,0 +1,280 @@
+"""The warehouse as a DuckLake: creation and bad paths, analysts' `sql` and `history`, readers during a write."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from integration_hub.cli.main import main
+from integration_hub.core.catalog import load_catalog
+from integration_hub.core.ingest import RunRecord, apply_source, new_run_id, now_utc
+from integration_hub.core.warehouse import (
+    Lake,
+    LakeError,
+    open_reader,
+    open_writer,
+    prepare_lake,
+    transaction,
+)
+from integration_hub_tests.support import Landing, query, run_job
+
+HEADER = "email,Plan Tier,tickets,is_active,signup,last_login\n"
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # not what earlier runs logged
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def catalog_with_lake(root: Path, catalog: str, data_path: str) -> Path:
+    path = root / "integrations.yaml"
+    path.write_text(yaml.safe_dump({"warehouse": {"catalog": catalog, "data_path": data_path}}))
+    return path
+
+
+# ---------------------------------------------------------------------------- creation and bad paths
+
+
+def test_a_new_lake_is_created_on_first_use(local_landing: Landing) -> None:
+    catalog = local_landing.write_catalog()
+    assert not catalog.warehouse_catalog_path.exists()
+    local_landing.put("crm/a.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    assert catalog.warehouse_catalog_path.is_file()
+    parquet = list(catalog.warehouse_data_path.rglob("*.parquet"))
+    assert parquet, "the attribute rows live in Parquet files under the data path"
+    assert query(catalog, "SELECT user_id, plan FROM attributes_crm") == [("a@x.com", "gold")]
+
+
+def test_a_missing_parent_folder_is_one_line_naming_the_path_and_fix(tmp_path: Path, capsys) -> None:
+    path = catalog_with_lake(tmp_path, "nowhere/catalog.sqlite", "lake/")
+    lake = Lake.of(load_catalog(path))
+    with pytest.raises(LakeError) as error:
+        prepare_lake(lake)
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(tmp_path / "nowhere") in message and "mkdir -p" in message and "warehouse.catalog" in message
+    path = catalog_with_lake(tmp_path, "catalog.sqlite", "missing/lake/")
+    with pytest.raises(LakeError, match=r"data folder .*missing/lake.* does not exist.*warehouse.data_path"):
+        prepare_lake(Lake.of(load_catalog(path)))
+
+
+def test_a_catalog_file_that_is_not_a_ducklake_is_refused_untouched(tmp_path: Path) -> None:
+    (tmp_path / "notes.sqlite").write_text("these are my notes, not a database\n")
+    path = catalog_with_lake(tmp_path, "notes.sqlite", "lake/")
+    with pytest.raises(LakeError, match="is not a DuckLake catalog"):
+        with open_writer(load_catalog(path)):
+            pass
+    assert (tmp_path / "notes.sqlite").read_text() == "these are my notes, not a database\n"
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "other.sqlite") as db:
+        db.execute("CREATE TABLE contacts (name TEXT)")
+    path = catalog_with_lake(tmp_path, "other.sqlite", "lake/")
+    with pytest.raises(LakeError, match="a SQLite database but not a DuckLake catalog"):
+        with open_writer(load_catalog(path)):
+            pass
+
+
+def test_a_data_path_that_is_a_file_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "lake").write_text("a file where the data folder should be")
+    path = catalog_with_lake(tmp_path, "catalog.sqlite", "lake/")
+    with pytest.raises(LakeError, match=r"data folder .*lake cannot be written.*warehouse.data_path"):
+        prepare_lake(Lake.of(load_catalog(path)))
+
+
+def test_the_old_single_file_setting_says_how_to_migrate(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "integrations.yaml"
+    path.write_text("warehouse: data/warehouse.duckdb\n")
+    code, _, err = cli(capsys, "integrations", "--catalog", str(path))
+    assert code == 2
+    assert "integration-hub migrate data/warehouse.duckdb" in err and "data_path" in err
+
+
+# ---------------------------------------------------------------------------- sql
+
+
+def test_sql_prints_a_table_csv_and_json(local_landing: Landing, capsys) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/a.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\nb@x.com,,2,no,2024-02-01,\n")
+    assert run_job(catalog, "crm").success
+    at = ["--catalog", str(local_landing.catalog_path)]
+    code, out, _ = cli(capsys, "sql", "SELECT user_id, plan FROM user_profiles ORDER BY user_id", *at)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["user_id", "plan"] and lines[2].split() == ["a@x.com", "gold"]
+    assert lines[3].split() == ["b@x.com", "-"]
+    code, out, _ = cli(capsys, "sql", "SELECT user_id, plan, support_tickets FROM user_profiles ORDER BY 1", "--csv", *at)
+    assert out.splitlines() == ["user_id,plan,support_tickets", "a@x.com,gold,1.0", "b@x.com,,2.0"]
+    code, out, _ = cli(capsys, "sql", "SELECT user_id, signup_date FROM user_profiles ORDER BY 1", "--json", *at)
+    assert json.loads(out) == [
+        {"user_id": "a@x.com", "signup_date": "2024-01-01"},
+        {"user_id": "b@x.com", "signup_date": "2024-02-01"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query_text", "words"),
+    [
+        ("DELETE FROM attributes_crm", "only queries run here (got a DELETE statement)"),
+        ("SELECT 1; SELECT 2", "exactly one query (got 2 statements)"),
+        ("SELEC 1", "does not parse"),
+        ("SELECT * FROM no_such_table", "the query failed"),
+        ("SELECT * FROM read_csv('/etc/hostname')", "the query failed"),
+        ("COPY (SELECT 1) TO 'out.csv'", "only queries run here"),
+    ],
+)
+def test_sql_runs_one_read_only_query_and_fails_in_one_line(local_landing: Landing, capsys, query_text, words) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/a.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    code, out, err = cli(capsys, "sql", query_text, "--catalog", str(local_landing.catalog_path))
+    assert code == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and words in err
+    assert query(catalog, "SELECT count(*) FROM attributes_crm") == [(1,)]
+
+
+def test_sql_attach_statements_open_the_lake_from_plain_duckdb(local_landing: Landing, capsys) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/a.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    os.chdir(local_landing.root)
+    code, out, _ = cli(capsys, "sql", "--attach")
+    assert code == 0
+    statements = out.strip().splitlines()
+    assert statements[-1] == "USE lake;" and any("READ_ONLY" in s for s in statements)
+    assert "catalog.sqlite" in out and str(local_landing.root) not in out  # relative to the project folder
+    # A separate Python process with nothing of ours imported, as a notebook would run them.
+    from integration_hub.core.warehouse import extension_directory
+
+    script = (
+        "import duckdb, sys\n"
+        f"con = duckdb.connect(config={{'extension_directory': {extension_directory()!r}}})\n"
+        "for s in sys.stdin.read().splitlines(): con.execute(s)\n"
+        "print(con.execute('SELECT user_id, plan FROM user_profiles').fetchall())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], input=out, capture_output=True, text=True,
+                          cwd=local_landing.root, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[('a@x.com', 'gold')]"
+
+
+# ---------------------------------------------------------------------------- history
+
+
+def test_history_lists_each_value_with_when_and_which_file(local_landing: Landing, capsys) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\nb@x.com,free,5,no,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    local_landing.put("crm/2.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\n")  # only plan changes
+    assert run_job(catalog, "crm").success
+    local_landing.put("crm/3.csv", HEADER + "b@x.com,pro,6,no,2024-01-01,\n")  # another user
+    assert run_job(catalog, "crm").success
+    local_landing.put("crm/4.csv", HEADER + "a@x.com,gold,2,yes,2024-01-01,\n")  # tickets change
+    assert run_job(catalog, "crm").success
+    code, out, _ = cli(capsys, "history", "a@x.com", "--json", "--catalog", str(local_landing.catalog_path))
+    assert code == 0
+    changes = json.loads(out)
+    plan = [(c["value"], c["source"].rsplit("/", 1)[-1]) for c in changes if c["attribute"] == "plan"]
+    assert plan == [("free", "1.csv"), ("gold", "2.csv")]
+    tickets = [(c["value"], c["source"].rsplit("/", 1)[-1]) for c in changes if c["attribute"] == "support_tickets"]
+    assert tickets == [(1.0, "1.csv"), (2.0, "4.csv")]
+    assert {c["attribute"] for c in changes} == {"plan", "support_tickets", "active", "signup_date"}
+    times = [c["changed_at"] for c in changes if c["attribute"] == "plan"]
+    assert times == sorted(times) and times[0] < times[1]
+    code, out, _ = cli(capsys, "history", "a@x.com", "--integration", "crm", "--catalog", str(local_landing.catalog_path))
+    assert code == 0 and "plan" in out and "gold" in out and "2.csv" in out
+    code, out, _ = cli(capsys, "history", "nobody@x.com", "--catalog", str(local_landing.catalog_path))
+    assert code == 0 and "no attribute values" in out
+
+
+def test_history_survives_a_large_source_rewriting_the_table(local_landing: Landing, capsys, monkeypatch) -> None:
+    import integration_hub.core.ingest as ingest
+
+    monkeypatch.setattr(ingest, "REWRITE_MIN_ROWS", 2)  # every source of 2+ rows rewrites the table
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\nb@x.com,free,5,no,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    local_landing.put("crm/2.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\nc@x.com,pro,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    assert query(catalog, "SELECT user_id, plan FROM attributes_crm ORDER BY 1") == [
+        ("a@x.com", "gold"), ("b@x.com", "free"), ("c@x.com", "pro")
+    ]
+    code, out, _ = cli(capsys, "history", "b@x.com", "--json", "--catalog", str(local_landing.catalog_path))
+    plan = [(c["value"], c["source"].rsplit("/", 1)[-1]) for c in json.loads(out) if c["attribute"] == "plan"]
+    assert plan == [("free", "1.csv")]  # copied by the rewrite, not changed by it
+    code, out, _ = cli(capsys, "history", "a@x.com", "--json", "--catalog", str(local_landing.catalog_path))
+    plan = [(c["value"], c["source"].rsplit("/", 1)[-1]) for c in json.loads(out) if c["attribute"] == "plan"]
+    assert plan == [("free", "1.csv"), ("gold", "2.csv")]
+
+
+def test_user_profiles_as_of_a_timestamp(local_landing: Landing) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    between = query(catalog, "SELECT now()")[0][0]
+    time.sleep(0.05)
+    local_landing.put("crm/2.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    as_of = f"SELECT plan FROM user_profiles AT (TIMESTAMP => TIMESTAMPTZ '{between.isoformat()}')"
+    assert query(catalog, as_of) == [("free",)]
+    assert query(catalog, "SELECT plan FROM user_profiles") == [("gold",)]
+
+
+# ---------------------------------------------------------------------------- readers and writers
+
+
+def test_a_reader_sees_the_last_snapshot_during_a_write_and_never_delays_it(local_landing: Landing) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    integration = catalog.integration("crm")
+    with open_reader(catalog) as analyst:  # an analyst's connection, held open throughout
+        assert analyst is not None
+        with open_writer(catalog) as con:
+            run = RunRecord(run_id=new_run_id(), integration="crm", kind="csv", source="big", started_at=now_utc())
+            source = (
+                "SELECT 'user' || i || '@x.com' AS email, 'pro' AS \"Plan Tier\", '1' AS tickets, 'yes' AS is_active, "
+                "'2024-01-01' AS signup, NULL AS last_login FROM range(50000) t(i)"
+            )
+            seen: list[int] = []
+
+            def during(con, run) -> None:  # inside the write transaction, before its commit
+                started = time.monotonic()
+                seen.append(analyst.execute("SELECT count(*) FROM user_profiles").fetchone()[0])
+                seen.append(time.monotonic() - started)
+
+            apply_source(con, integration, source, run, max_rejected_ratio=0.1, before_commit=during)
+        assert seen[0] == 1 and seen[1] < 2.0  # the previous snapshot, at once
+        assert analyst.execute("SELECT count(*) FROM user_profiles").fetchone()[0] == 50001
+
+
+def test_writes_of_two_connections_take_turns_and_both_commit(local_landing: Landing) -> None:
+    catalog = local_landing.write_catalog()
+    errors: list[BaseException] = []
+
+    def write(table: str) -> None:
+        try:
+            with open_writer(catalog) as con:
+                for n in range(5):
+                    with transaction(con):
+                        con.execute(f"CREATE TABLE IF NOT EXISTS {table} (n INTEGER)")
+                        con.execute(f"INSERT INTO {table} VALUES ({n})")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in ("lefts", "rights")]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    assert query(catalog, "SELECT (SELECT count(*) FROM lefts), (SELECT count(*) FROM rights)") == [(5, 5)]
