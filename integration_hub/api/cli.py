@@ -13,6 +13,7 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..cli.output import fail_with, print_json
 from ..core.catalog import ApiIntegration, Catalog, CatalogError, load_catalog
 
 if TYPE_CHECKING:
@@ -27,11 +28,6 @@ class ApiCommandError(Exception):
     """A command failed: the message is the one-line reason."""
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
 def _catalog(args: argparse.Namespace) -> Catalog:
     return load_catalog(getattr(args, "catalog", None))
 
@@ -42,11 +38,6 @@ def _token_store(catalog: Catalog) -> TokenStore:
     return TokenStore(catalog.landing_path)
 
 
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-
-
 def _guard(handler):
     """Turn expected failures into one line on stderr and exit code 1 (2 for an invalid catalog)."""
 
@@ -55,11 +46,8 @@ def _guard(handler):
 
         try:
             return handler(args)
-        except CatalogError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except (ApiCommandError, TokenError) as exc:
-            return _fail(str(exc))
+        except (CatalogError, ApiCommandError, TokenError) as exc:
+            return fail_with(exc)
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__
@@ -121,7 +109,7 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     with _token_store(catalog) as store:
         token = store.create_bearer(args.name)
     if args.json:
-        _print_json({"name": args.name, "token": token})
+        print_json({"name": args.name, "token": token})
     else:
         print(
             f"bearer token {args.name!r} created. It is shown only this once; store it in your secret manager:\n"
@@ -147,7 +135,7 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
         for t in tokens
     ]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
     if not rows:
         print("no bearer tokens yet: create one with integration-hub tokens create NAME")
@@ -230,7 +218,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
             token = store.issue_integration_token(integration.name)
     url = endpoint_url(args.url)
     if args.json:
-        _print_json({"url": url, "integration_token": token})
+        print_json({"url": url, "integration_token": token})
         return 0
     print(f"endpoint for {integration.name} (system {integration.system}, {integration.environment}):\n")
     print(f"  POST {url}\n")

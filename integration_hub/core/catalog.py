@@ -61,7 +61,15 @@ class _Model(BaseModel):
 # ---------------------------------------------------------------------------- connections
 
 
-class S3Connection(_Model):
+class _NetworkLimits(_Model):
+    """How long a storage client waits and how often it retries (core/timeouts.py applies them)."""
+
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)  # to open a connection
+    read_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)  # for the next bytes of an answer
+    max_retries: int = Field(default=2, ge=0, le=10)  # per call, after the first attempt
+
+
+class S3Connection(_NetworkLimits):
     """An S3 bucket (or any S3-compatible store through `endpoint_url`)."""
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -102,7 +110,8 @@ class SalesforceConnection(_Model):
     username: str | None = None  # JWT bearer: the Salesforce user the server acts as
     private_key_file: str | None = None  # JWT bearer: the connected app's private key (PEM)
     api_version: str = "62.0"
-    timeout_seconds: float = Field(default=60.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0)  # read timeout of each call
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     callback_port: int = Field(default=1717, ge=1, le=65535)
     # A PEM file of CAs to trust for this org only (TLS-inspecting proxies, the test fake);
     # passed on every request, so REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE cannot override it.
@@ -111,7 +120,7 @@ class SalesforceConnection(_Model):
     retry_backoff_seconds: float = Field(default=2.0, ge=0, le=300)  # first wait; doubles each retry
 
 
-class AzureBlobConnection(_Model):
+class AzureBlobConnection(_NetworkLimits):
     """An Azure Blob Storage container."""
 
     name: str = Field(pattern=NAME_PATTERN)
