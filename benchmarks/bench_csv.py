@@ -427,7 +427,7 @@ def run_ours(catalog_path: str, tmp_dir: str, memory_limit: str | None) -> dict[
     store.move = _timed(store.move, phases, "move to success/ (S3: copy + delete; local: rename)")
     store.write_text = _timed(store.write_text, phases, "move to success/ (S3: copy + delete; local: rename)")
     # Module globals processing.py looks up at call time: timing only, behaviour unchanged.
-    processing.sha256_of = _timed(processing.sha256_of, overlapped, "sha256 (in a thread, overlaps DuckDB)")
+    processing.digest_file = _timed(processing.digest_file, overlapped, "sha256 (in a thread, overlaps DuckDB)")
     processing.apply_source = _timed(processing.apply_source, overlapped, "apply_source (all of the transaction)")
     with open_writer(Path(catalog.warehouse_path)) as con:
         ensure_schema(con, catalog)

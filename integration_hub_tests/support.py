@@ -71,10 +71,13 @@ class Landing:
         return self.root / "integrations.yaml"
 
     # -- files -----------------------------------------------------------------
-    def put(self, key: str, content: str | bytes) -> str:
-        """Drop a file; each drop is a little newer than the last (oldest-first order)."""
+    def put(self, key: str, content: str | bytes, compress: bool = True) -> str:
+        """Drop a file; each drop is a little newer than the last (oldest-first order).
+
+        A `.gz` key gets its content gzipped unless it already is, or `compress` is False.
+        """
         data = content.encode("utf-8") if isinstance(content, str) else content
-        if key.endswith(".gz") and not data.startswith(b"\x1f\x8b"):
+        if compress and key.endswith(".gz") and not data.startswith(b"\x1f\x8b"):
             data = gzip.compress(data)
         self._clock += 10
         if self.s3 is not None:
@@ -86,6 +89,12 @@ class Landing:
             path.write_bytes(data)
             os.utime(path, (self._clock, self._clock))
         return key
+
+    def url(self, key: str) -> str:
+        """The file as a user knows it: s3://bucket/prefix/key, or its path in the landing folder."""
+        if self.s3 is not None:
+            return f"s3://{BUCKET}/{posixpath.join(PREFIX, key)}"
+        return str(self.root / "landing" / key)
 
     def keys(self, folder: str = "crm") -> list[str]:
         """Every file under a folder, recursively, relative to the folder."""

@@ -74,6 +74,8 @@ def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.D
                 context.log.info(f"[{number}/{len(pending)}] {file.key} ({file.size:,} bytes)")
                 run = process_file(con, store, integration, file, context.run_id, progress=context.log.info)
                 if run is not None:
+                    for warning in run.details.get("warnings", []):
+                        context.log.warning(f"{run.source}: {warning}")
                     context.log.info(run.summary())
                     runs.append(run)
             return attributes_result(context, con, integration, runs)
