@@ -46,8 +46,10 @@ def seeded(landing: Landing, **integration: Any) -> tuple[Catalog, list[tuple]]:
 
 def process(landing: Landing, catalog: Catalog, name: str, content: str | bytes, compress: bool = True) -> dict:
     landing.put(f"crm/{name}", content, compress=compress)
-    assert run_job(catalog, "crm").success
-    return runs_of(catalog)[-1]
+    result = run_job(catalog, "crm")
+    run = runs_of(catalog)[-1]
+    assert result.success == (run["status"] != "failed")  # a run whose only file failed is red
+    return run
 
 
 def failed_with(landing: Landing, catalog: Catalog, before: list[tuple], run: dict, name: str, *phrases: str) -> str:
@@ -262,7 +264,7 @@ def test_broken_gzip_files_fail_by_their_own_names(local_or_s3: Landing) -> None
     }
     for name, (content, _) in files.items():
         local_or_s3.put(f"crm/{name}", content, compress=False)
-    assert run_job(catalog, "crm").success
+    assert not run_job(catalog, "crm").success  # every file failed: a red run
     runs = {run["source"]: run for run in runs_of(catalog)[1:]}
     assert len(runs) == len(files)
     for name, (_, phrase) in files.items():
@@ -313,7 +315,7 @@ def test_a_file_that_is_not_text_says_what_it_is_and_what_to_do(local_or_s3: Lan
     catalog, before = seeded(local_or_s3)
     for kind, (make, _) in BINARIES.items():
         local_or_s3.put(f"crm/{kind}.csv", make(tmp_path))
-    assert run_job(catalog, "crm").success  # one run, one failed file each
+    assert not run_job(catalog, "crm").success  # one run, one failed file each: red
     runs = {run["source"]: run for run in runs_of(catalog)[1:]}
     assert len(runs) == len(BINARIES)
     for kind, (_, phrase) in BINARIES.items():
@@ -337,7 +339,7 @@ def test_a_header_only_file_says_how_to_fix_it(local_or_s3: Landing) -> None:
     files = {"header.csv": HEADER, "blank.csv": HEADER + "\n\n\r\n", "zipped.csv.gz": HEADER}
     for name, content in files.items():
         local_or_s3.put(f"crm/{name}", content)
-    assert run_job(catalog, "crm").success
+    assert not run_job(catalog, "crm").success  # every file failed: a red run
     runs = {run["source"]: run for run in runs_of(catalog)[1:]}
     for name in files:
         url = local_or_s3.url(f"crm/{name}")
