@@ -47,7 +47,7 @@ TARGET_ACK_TO_QUERYABLE_S = 60.0
 BATCH_RECORDS = 500
 
 CATALOG = """\
-warehouse: data/warehouse.duckdb
+warehouse: {catalog: data/catalog.sqlite, data_path: data/lake/}
 landing: data/api_landing
 integrations:
   - name: bench_events
@@ -110,7 +110,7 @@ def prepare(work: Path) -> Setup:
 
     if work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    (work / "data").mkdir(parents=True)
     catalog_path = work / "integrations.yaml"
     catalog_path.write_text(CATALOG)
     catalog = load_catalog(catalog_path)
@@ -120,7 +120,7 @@ def prepare(work: Path) -> Setup:
         "INTEGRATION_HUB_CATALOG": str(catalog_path),
     }
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
-    ensure_dagster_home(catalog)  # our dagster.yaml: the DuckDB writer pool of 1
+    ensure_dagster_home(catalog)  # our dagster.yaml: one run at a time per integration
     store = TokenStore(catalog.landing_path)
     setup = Setup(
         work, catalog_path, store.create_bearer("bench"), store.issue_integration_token("bench_events"), env
@@ -342,30 +342,27 @@ class FsyncProbe(threading.Thread):
 # ---------------------------------------------------------------------------- 3. ack-to-queryable
 
 
-def _visible(database: Path, user_ids: list[str]) -> set[str]:
-    """The given users present in user_profiles; empty while a run holds the warehouse."""
+def _visible(catalog: Path, user_ids: list[str]) -> set[str]:
+    """The given users present in user_profiles (the lake's last snapshot); empty before the first run."""
     import duckdb
 
-    if not database.exists():
-        return set()
-    try:
-        con = duckdb.connect(str(database), read_only=True)
-    except duckdb.Error:
-        return set()  # the writer holds the file: not queryable yet
-    try:
-        rows = con.execute(
-            "SELECT user_id FROM user_profiles WHERE user_id IN (SELECT unnest(?))", [user_ids]
-        ).fetchall()
+    from integration_hub.core.catalog import load_catalog
+    from integration_hub.core.warehouse import open_reader
+
+    with open_reader(load_catalog(catalog)) as con:
+        if con is None:
+            return set()
+        try:
+            rows = con.execute(
+                "SELECT user_id FROM user_profiles WHERE user_id IN (SELECT unnest(?))", [user_ids]
+            ).fetchall()
+        except duckdb.CatalogException:
+            return set()  # the first run has not created the view yet
         return {r[0] for r in rows}
-    except duckdb.Error:
-        return set()
-    finally:
-        con.close()
 
 
 def ack_to_queryable(url: str, setup: Setup, probes: int, tracked: dict[str, float], timeout: float) -> dict:
     """Send probes a few seconds apart; wait until every tracked and probe user is queryable."""
-    database = setup.work / "data" / "warehouse.duckdb"
     headers = {"Authorization": f"Bearer {setup.bearer}", "Content-Type": "application/json"}
     waiting = dict(tracked)  # user id -> time of its 202
     seen: dict[str, float] = {}
@@ -386,7 +383,7 @@ def ack_to_queryable(url: str, setup: Setup, probes: int, tracked: dict[str, flo
                 waiting[user] = time.time()
                 probe_ids.append(user)
             next_probe = now + random.uniform(2.0, 6.0)
-        for user in _visible(database, list(waiting)):
+        for user in _visible(setup.catalog, list(waiting)):
             seen[user] = time.time() - waiting.pop(user)
         time.sleep(0.25)
     probe_delays = sorted(seen[p] for p in probe_ids if p in seen)
@@ -516,26 +513,18 @@ def drain(setup: Setup, timeout: float) -> str:
 
 
 def applied_summary(setup: Setup, acknowledged: int) -> str:
-    """What the Dagster runs applied, read back from the warehouse (a sanity check)."""
-    import duckdb
+    """What the Dagster runs applied, read back from the lake (a sanity check)."""
+    from integration_hub.core.catalog import load_catalog
+    from integration_hub.core.warehouse import open_reader
 
-    deadline = time.time() + 30
-    while True:
-        try:
-            con = duckdb.connect(str(setup.work / "data" / "warehouse.duckdb"), read_only=True)
-            break
-        except duckdb.Error:
-            if time.time() > deadline:
-                return "warehouse busy: no summary"
-            time.sleep(0.5)
-    try:
+    with open_reader(load_catalog(setup.catalog)) as con:
+        if con is None:
+            return "nothing applied: the lake was never created"
         runs, batches = con.execute(
             "SELECT count(*), coalesce(sum(json_array_length(details->'batches')), 0) FROM integration_runs "
             "WHERE kind = 'api'"
         ).fetchone()
         users = con.execute("SELECT count(*) FROM user_profiles").fetchone()[0]
-    finally:
-        con.close()
     return (
         f"applied so far by {runs} transaction(s): {batches} of the {acknowledged} acknowledged load batches "
         f"(+ probes), {users:,} distinct users in user_profiles"
