@@ -342,23 +342,30 @@ class FsyncProbe(threading.Thread):
 # ---------------------------------------------------------------------------- 3. ack-to-queryable
 
 
+READ_ERRORS: list[str] = []  # reads of the lake that failed (reported at the end; a reader should not fail)
+
+
 def _visible(catalog: Path, user_ids: list[str]) -> set[str]:
     """The given users present in user_profiles (the lake's last snapshot); empty before the first run."""
     import duckdb
 
     from integration_hub.core.catalog import load_catalog
-    from integration_hub.core.warehouse import open_reader
+    from integration_hub.core.warehouse import WarehouseError, open_reader
 
-    with open_reader(load_catalog(catalog)) as con:
-        if con is None:
-            return set()
-        try:
-            rows = con.execute(
-                "SELECT user_id FROM user_profiles WHERE user_id IN (SELECT unnest(?))", [user_ids]
-            ).fetchall()
-        except duckdb.CatalogException:
-            return set()  # the first run has not created the view yet
-        return {r[0] for r in rows}
+    try:
+        with open_reader(load_catalog(catalog)) as con:
+            if con is None:
+                return set()
+            try:
+                rows = con.execute(
+                    "SELECT user_id FROM user_profiles WHERE user_id IN (SELECT unnest(?))", [user_ids]
+                ).fetchall()
+            except duckdb.CatalogException:
+                return set()  # the first run has not created the view yet
+            return {r[0] for r in rows}
+    except (WarehouseError, duckdb.Error) as exc:
+        READ_ERRORS.append(str(exc).splitlines()[0])
+        return set()
 
 
 def ack_to_queryable(url: str, setup: Setup, probes: int, tracked: dict[str, float], timeout: float) -> dict:
@@ -494,6 +501,8 @@ def main(argv: list[str]) -> int:
         )
         acknowledged = bulk["requests"] - bulk["errors"] + sum(r["answered_202"] for r in rounds)
         print(f"     {applied_summary(setup, acknowledged)}", flush=True)
+        if READ_ERRORS:
+            print(f"     reads of the lake that failed meanwhile: {len(READ_ERRORS)}, e.g. {READ_ERRORS[0]}", flush=True)
         return 0
     finally:
         setup.stop()
@@ -514,17 +523,27 @@ def drain(setup: Setup, timeout: float) -> str:
 
 def applied_summary(setup: Setup, acknowledged: int) -> str:
     """What the Dagster runs applied, read back from the lake (a sanity check)."""
-    from integration_hub.core.catalog import load_catalog
-    from integration_hub.core.warehouse import open_reader
+    import duckdb
 
-    with open_reader(load_catalog(setup.catalog)) as con:
-        if con is None:
-            return "nothing applied: the lake was never created"
-        runs, batches = con.execute(
-            "SELECT count(*), coalesce(sum(json_array_length(details->'batches')), 0) FROM integration_runs "
-            "WHERE kind = 'api'"
-        ).fetchone()
-        users = con.execute("SELECT count(*) FROM user_profiles").fetchone()[0]
+    from integration_hub.core.catalog import load_catalog
+    from integration_hub.core.warehouse import WarehouseError, open_reader
+
+    for attempt in range(3):
+        try:
+            with open_reader(load_catalog(setup.catalog)) as con:
+                if con is None:
+                    return "nothing applied: the lake was never created"
+                runs, batches = con.execute(
+                    "SELECT count(*), coalesce(sum(json_array_length(details->'batches')), 0) FROM integration_runs "
+                    "WHERE kind = 'api'"
+                ).fetchone()
+                users = con.execute("SELECT count(*) FROM user_profiles").fetchone()[0]
+            break
+        except (WarehouseError, duckdb.Error) as exc:
+            READ_ERRORS.append(str(exc).splitlines()[0])
+            if attempt == 2:
+                return f"no summary: the lake could not be read ({READ_ERRORS[-1]})"
+            time.sleep(1)
     return (
         f"applied so far by {runs} transaction(s): {batches} of the {acknowledged} acknowledged load batches "
         f"(+ probes), {users:,} distinct users in user_profiles"
