@@ -175,3 +175,56 @@ def apply_batches(catalog: Catalog, integration: str = "web") -> Any:
         result = job.execute_in_process(instance=instance)
     assert result.success
     return result
+
+
+def landed(catalog: Catalog) -> list[Path]:
+    """Every batch file in the landing folder, whatever its integration or state."""
+    return sorted(catalog.landing_path.glob("*/*/*.ndjson"))
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> str:
+    """The answer is `status` with exactly `{error: code, message}` as JSON; returns the message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "message"} and body["error"] == code, body
+    assert body["message"]
+    return body["message"]
+
+
+@dataclass
+class RawAnswer:
+    """An HTTP answer read from a raw socket."""
+
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+    closed: bool  # the server closed the connection after it
+
+
+def read_raw_answer(sock: socket.socket) -> RawAnswer:
+    """Read one answer (with Content-Length) from `sock`, and whether the server closed after it."""
+    import json
+
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed without an answer after {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    try:
+        closed = sock.recv(1) == b""
+    except ConnectionResetError:
+        closed = True
+    except TimeoutError:  # still open when the socket's timeout passed
+        closed = False
+    return RawAnswer(int(lines[0].split()[1]), headers, json.loads(rest[:length]), closed)

@@ -157,7 +157,7 @@ def test_unicode_round_trips_to_duckdb(client: httpx.Client, env: Env) -> None:
     escaped = client.post("/v1/end-users", json=body(env, {"userId": "\u00e5sa", "planTier": "\u00c5"}))
     assert escaped.status_code == 202
     lone = client.post("/v1/end-users", content=b'{"integration_token": "%s", "data": [{"userId": "\\ud800"}]}'
-                       % env.tokens.integration["web"].encode())  # fmt: skip
+                       % env.tokens.integration["web"].encode(), headers={"Content-Type": "application/json"})  # fmt: skip
     assert lone.status_code == 422 and "surrogate" in lone.json()["rejected"][0]["message"]
     apply_batches(env.catalog)
     rows = dict(query(env.catalog, "SELECT user_id, plan_tier FROM user_profiles"))
@@ -304,8 +304,9 @@ def test_malformed_bodies_get_400(client: httpx.Client, content: bytes) -> None:
 
 def test_deeply_nested_json_is_400_not_a_crash(client: httpx.Client, env: Env) -> None:
     bomb = b"[" * 200_000 + b"]" * 200_000
-    response = client.post("/v1/end-users", content=bomb)
-    assert response.status_code == 400 and response.json()["error"] == "invalid_json"
+    response = client.post("/v1/end-users", content=bomb, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+    assert "more than 8,002 JSON objects and arrays" in response.json()["message"]
     nested: object = "x"
     for _ in range(40):
         nested = {"a": nested}
@@ -355,7 +356,7 @@ def test_a_50_mb_body_is_refused_without_reading_it(server: ApiServer, env: Env)
         response = httpx.post(
             f"{server.url}/v1/end-users",
             content=chunks(),
-            headers={"Authorization": f"Bearer {env.tokens.bearer}"},
+            headers={"Authorization": f"Bearer {env.tokens.bearer}", "Content-Type": "application/json"},
             timeout=30,
         )
         assert response.status_code == 413

@@ -157,7 +157,8 @@ def test_files_are_read_relative_to_the_catalog(tmp_path: Path) -> None:
     path.parent.mkdir()
     path.write_text(yaml.safe_dump(BASE))
     catalog = load_catalog(path)
-    assert catalog.warehouse_path == tmp_path / "conf" / "data" / "warehouse.duckdb"
+    assert catalog.warehouse_catalog_path == tmp_path / "conf" / "data" / "catalog.sqlite"
+    assert catalog.warehouse_data_path == tmp_path / "conf" / "data" / "lake"
 
 
 def test_a_missing_or_broken_file_says_how_to_fix(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -156,3 +157,38 @@ def test_demo_writes_a_catalog_and_sample_files_a_run_applies(tmp_path, capsys, 
     assert "success" in out and "partial" in out and code == 0
     loaded = parse_catalog(yaml.safe_load(open(catalog)), base_dir=tmp_path / "demo")
     assert query(loaded, "SELECT count(*) FROM user_profiles")[0][0] == 540
+
+
+def test_discover_after_a_run_samples_the_newest_processed_file(landing: Landing, capsys) -> None:
+    landing.write_catalog()
+    catalog = str(landing.catalog_path)
+    landing.put("crm/users.csv", GOOD)
+    assert cli(capsys, "run", "crm", "--catalog", catalog)[0] == 0
+    assert landing.keys() == ["success/users.csv"]  # nothing pending any more
+
+    code, out, err = cli(capsys, "discover", "landing", "crm", "--catalog", catalog)
+    assert code == 0 and err == ""
+    note, file_line, *_ = out.splitlines()
+    where = "s3://acme-inbound/inbound/crm" if landing.s3 is not None else str(landing.root / "landing" / "crm")
+    assert note == (f"note: no pending CSV files in {where}/, so this is the newest processed file (in success/); "
+                    "the integration's folder is 'crm' (integration crm reads it): new files go there, not into success/")
+    assert file_line.startswith(f"file: {where}/success/users.csv (2 rows sampled)")
+    # Values as the file has them, beside the inferred type: yes/no is a boolean, shown as yes/no.
+    assert re.search(r"is_active\s+boolean\s+yes, no$", out, re.MULTILINE), out
+    assert re.search(r"tickets\s+number\s+1, 2$", out, re.MULTILINE), out
+    snippet = yaml.safe_load(out[out.index("integrations:") :])["integrations"][0]
+    assert snippet["folder"] == "crm"  # not crm/success
+
+    code, out, _ = cli(capsys, "discover", "landing", "crm/success/users.csv", "--json", "--catalog", catalog)
+    found = json.loads(out)
+    assert found["note"].startswith("users.csv was processed already (it is in success/); the integration's folder is 'crm'")
+    assert yaml.safe_load(found["yaml"])["integrations"][0]["folder"] == "crm"
+
+
+def test_discover_of_an_empty_folder_says_where_it_looked(local_landing: Landing, capsys) -> None:
+    local_landing.write_catalog()
+    (local_landing.root / "landing" / "crm" / "success").mkdir(parents=True)
+    code, out, err = cli(capsys, "discover", "landing", "crm", "--catalog", str(local_landing.catalog_path))
+    where = local_landing.root / "landing" / "crm"
+    assert code == 1 and out == ""
+    assert err == f"error: no CSV files in {where}/ (nor in its success/ or failed/); drop a sample file there first\n"

@@ -96,7 +96,9 @@ def test_check_writes_a_marker_and_says_what_failed(
     with moto_server.iam_auth():  # moto checks signatures and key ids only with IAM auth on
         code, out, _ = cli(capsys, "--catalog", str(path), "check", "to_s3_bad_key", "--json")
     assert code == 1
-    [outcome] = json.loads(out[out.index("[") :])
+    shown = json.loads(out)  # the whole output is one JSON document
+    assert shown["ok"] is False and shown["catalog"]["connections"] == 7
+    [outcome] = shown["checks"]
     assert not outcome["ok"] and "access key id is not valid" in outcome["message"]
     assert BAD_SECRET not in out and "AKIAIOSFODNN7EXAMPLE" not in outcome["message"]
 
@@ -156,10 +158,9 @@ def test_failed_run_through_the_cli(moto_server: MotoServer, tmp_path: Path, cap
     seed(catalog, TRICKY_ROWS)
     path = str(tmp_path / "integrations.yaml")
     code, out, err = cli(capsys, "--catalog", path, "run", "daily")
-    assert code == 1
-    assert "people_report: failed (0 read, 0 applied, 0 rejected) - Could not" in out
-    assert "bucket 'no-such-bucket-here' does not exist" in out
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: run ") and "bucket 'no-such-bucket-here' does not exist" in last, err
+    assert code == 1 and out == ""
+    [line] = err.splitlines()  # one line, no Dagster log or stack trace
+    assert line.startswith("error: daily failed: Could not write s3://no-such-bucket-here/daily/daily_"), err
+    assert "bucket 'no-such-bucket-here' does not exist" in line and "integration-hub logs daily --run " in line
     code, out, _ = cli(capsys, "--catalog", path, "integrations", "--json")
     assert next(r for r in json.loads(out) if r["name"] == "daily")["last_run_ok"] is False

@@ -20,7 +20,7 @@ import yaml
 
 from integration_hub.core.catalog import Catalog, load_catalog
 from integration_hub.core.state import job_name
-from integration_hub.core.warehouse import ensure_schema, open_reader, open_writer
+from integration_hub.core.warehouse import ensure_schema, open_reader, open_writer, transaction
 from integration_hub_tests.fakes.azurite import AzuriteServer
 from integration_hub_tests.fakes.moto_server import MotoServer
 from integration_hub_tests.support import lake_settings
@@ -163,7 +163,7 @@ def write_catalog(
 
 def seed(catalog: Catalog, rows: list[tuple[Any, ...]]) -> None:
     """Attribute rows straight into attributes_people (the schema made by the real code)."""
-    with open_writer(catalog) as con:
+    with open_writer(catalog) as con, transaction(con):  # one snapshot, not one per row
         ensure_schema(con, catalog)
         con.execute("DELETE FROM attributes_people")
         if rows:

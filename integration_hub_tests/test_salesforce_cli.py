@@ -81,7 +81,9 @@ def test_run_full_resync_and_logs(fake: FakeSalesforce, tmp_path: Path, capsys: 
     assert not TOKEN_SHAPES.search(out)
 
     assert main(["logs", NAME, "--run", first, "--json", "--catalog", path]) == 0
-    [run] = json.loads(capsys.readouterr().out)
+    shown = json.loads(capsys.readouterr().out)
+    [run] = shown["sources"]
+    assert shown["dagster_run"]["status"] == "success" and shown["dagster_run"]["run_id"] == run["dagster_run_id"]
     assert run["kind"] == "salesforce" and run["sync_status"] == "Completed" and run["rows"] == 5
     outcomes = {r["report_key"]: r["outcome"] for r in run["results"]}
     assert outcomes == {"ann@example.com": "updated", "bob@example.com": "updated", "dup@example.com": "ambiguous",

@@ -12,7 +12,7 @@ import yaml
 
 from integration_hub.core.catalog import Catalog, load_catalog
 from integration_hub.core.state import job_name
-from integration_hub.core.warehouse import ensure_schema, open_reader, open_writer
+from integration_hub.core.warehouse import ensure_schema, open_reader, open_writer, transaction
 from integration_hub.salesforce.auth import token_store
 from integration_hub_tests.fakes.salesforce import (
     FakeSalesforce,
@@ -146,7 +146,7 @@ def row(email: str, pct: float | None = 0.5, nps: float | None = 9, risk: str | 
 
 def seed(catalog: Catalog, rows: list[tuple[Any, ...]]) -> None:
     """Attribute rows straight into attributes_people (the schema made by the real code)."""
-    with open_writer(catalog) as con:
+    with open_writer(catalog) as con, transaction(con):  # one snapshot, not one per row
         ensure_schema(con, catalog)
         con.execute("DELETE FROM attributes_people")
         stamp = datetime(2024, 6, 1, tzinfo=timezone.utc)

@@ -41,7 +41,7 @@ IDEMPOTENCY_DIR = "_idempotency"
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 APPLIED_RETENTION_SECONDS = 7 * 24 * 3600
 ORPHAN_SECONDS = 3600
-BATCH_ID = re.compile(r"^b_\d{8}T\d{12}Z_[0-9a-f]{8}$")
+BATCH_ID = re.compile(r"b_[0-9]{8}T[0-9]{12}Z_[0-9a-f]{8}\Z")
 
 _id_lock = threading.Lock()
 _last_id_ns = 0

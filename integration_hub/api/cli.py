@@ -13,6 +13,7 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..cli.output import fail_with, print_json
 from ..core.catalog import ApiIntegration, Catalog, CatalogError, load_catalog
 
 if TYPE_CHECKING:
@@ -27,11 +28,6 @@ class ApiCommandError(Exception):
     """A command failed: the message is the one-line reason."""
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
 def _catalog(args: argparse.Namespace) -> Catalog:
     return load_catalog(getattr(args, "catalog", None))
 
@@ -42,11 +38,6 @@ def _token_store(catalog: Catalog) -> TokenStore:
     return TokenStore(catalog.landing_path)
 
 
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-
-
 def _guard(handler):
     """Turn expected failures into one line on stderr and exit code 1 (2 for an invalid catalog)."""
 
@@ -55,11 +46,8 @@ def _guard(handler):
 
         try:
             return handler(args)
-        except CatalogError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except (ApiCommandError, TokenError) as exc:
-            return _fail(str(exc))
+        except (CatalogError, ApiCommandError, TokenError) as exc:
+            return fail_with(exc)
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__
@@ -80,11 +68,18 @@ def cmd_api(args: argparse.Namespace) -> int:
         max_records=args.max_records,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
+        max_header_bytes=args.max_header_bytes,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
     if args.workers < 1:
         raise ApiCommandError("--workers must be at least 1")
     if settings.max_body_bytes < 1024 or settings.max_records < 1:
         raise ApiCommandError("--max-body-bytes must be at least 1024 and --max-records at least 1")
+    if settings.max_header_bytes < 1024:
+        raise ApiCommandError("--max-header-bytes must be at least 1024")
+    if not (settings.header_timeout > 0 and settings.body_timeout > 0):
+        raise ApiCommandError("--header-timeout and --body-timeout must be more than 0 seconds")
     api = [i.name for i in catalog.integrations if isinstance(i, ApiIntegration)]
     if not api:
         print(
@@ -114,7 +109,7 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     with _token_store(catalog) as store:
         token = store.create_bearer(args.name)
     if args.json:
-        _print_json({"name": args.name, "token": token})
+        print_json({"name": args.name, "token": token})
     else:
         print(
             f"bearer token {args.name!r} created. It is shown only this once; store it in your secret manager:\n"
@@ -140,7 +135,7 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
         for t in tokens
     ]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
     if not rows:
         print("no bearer tokens yet: create one with integration-hub tokens create NAME")
@@ -223,7 +218,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
             token = store.issue_integration_token(integration.name)
     url = endpoint_url(args.url)
     if args.json:
-        _print_json({"url": url, "integration_token": token})
+        print_json({"url": url, "integration_token": token})
         return 0
     print(f"endpoint for {integration.name} (system {integration.system}, {integration.environment}):\n")
     print(f"  POST {url}\n")
@@ -257,6 +252,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     def env_int(name: str, default: int) -> int:
         return int(os.environ.get(f"INTEGRATION_HUB_API_{name}", default))
 
+    def env_float(name: str, default: float) -> float:
+        return float(os.environ.get(f"INTEGRATION_HUB_API_{name}", default))
+
     api = subparsers.add_parser(
         "api",
         parents=parents,
@@ -264,7 +262,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         description=(
             "Serve the End User Update API with uvicorn. A 202 means the accepted records are on disk; "
             "the integration's sensor applies them to DuckDB (run `dagster dev` or `integration-hub demo`). "
-            "Limits can also be set with $INTEGRATION_HUB_API_MAX_BODY_BYTES, _MAX_RECORDS, _RATE_LIMIT, _RATE_BURST."
+            "Limits can also be set with $INTEGRATION_HUB_API_MAX_BODY_BYTES, _MAX_RECORDS, _RATE_LIMIT, "
+            "_RATE_BURST, _MAX_HEADER_BYTES, _HEADER_TIMEOUT, _BODY_TIMEOUT."
         ),
     )
     api.add_argument(
@@ -301,6 +300,26 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         type=int,
         default=env_int("RATE_BURST", 500),
         help="requests a token may send at once before --rate-limit applies (default 500)",
+    )
+    api.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=env_int("MAX_HEADER_BYTES", 16 * 1024),
+        help="largest request line and headers together, in bytes (default 16384); larger gets 431",
+    )
+    api.add_argument(
+        "--header-timeout",
+        type=float,
+        default=env_float("HEADER_TIMEOUT", 10.0),
+        metavar="SECONDS",
+        help="the request line and headers must arrive within this (default 10); else 408",
+    )
+    api.add_argument(
+        "--body-timeout",
+        type=float,
+        default=env_float("BODY_TIMEOUT", 10.0),
+        metavar="SECONDS",
+        help="the longest pause allowed in the middle of a body (default 10); else 408",
     )
     api.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     api.add_argument("--no-access-log", action="store_true", help="do not log each request")

@@ -4,11 +4,15 @@ FastAPI on uvicorn. A request is answered 202 only once its accepted records are
 (fsync'd) in the landing store; Dagster runs apply them to DuckDB later. This process
 never opens DuckDB.
 
-Per request: the bearer token (401) and the per-token rate limit (429) come first, then
-the body is read while counting bytes (413 past the limit, without reading the rest), then
-an `Idempotency-Key` may replay the first answer, then the JSON is parsed (400), the
-integration token picks the integration (404, also when it is disabled), the record count
-is checked (413) and each record is validated (422 when none is valid), and the batch lands.
+Per request: the bearer token (401) and the per-token rate limit (429) come first, then a
+malformed `Idempotency-Key` (400), the media type and content coding (415), then the body
+is read while counting bytes, decompressed if gzip (413 past the limit, without reading
+the rest; 408 if it stalls), then an `Idempotency-Key` may replay the first answer. In a
+worker thread: the JSON is parsed within bounds (400: document.py), its shape and record
+count checked (400, 413), the integration token picks the integration (404, also when it
+is disabled), each record is validated (422 when none is valid), and the batch lands.
+Limits on the request head (431, 408) and malformed HTTP (400) are the HTTP protocol's
+(protocol.py); every error, from there or from here, is `{"error", "message"}` JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,49 +38,30 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..core.catalog import CATALOG_ENV, ApiIntegration, Catalog, CatalogError, load_catalog
 from .batches import BatchStore, new_batch_id, utc_now_iso
+from .document import MAX_JSON_DEPTH, DocumentRefused, parse_document, shown_key
+from .openapi import BATCH_ID_PATTERN, request_schema
+from .openapi import finish as finish_openapi
+from .request_body import BodyRefused, check_media_type, read_body
+from .settings import ApiSettings
 from .tokens import TokenStore
-from .validation import MAX_JSON_DEPTH, CompiledMapping, JsonTooDeep, compile_mapping
+from .validation import CompiledMapping, compile_mapping
 
 log = logging.getLogger("integration_hub.api")
 
-MiB = 1024 * 1024
-ENV_PREFIX = "INTEGRATION_HUB_API_"
 LOG_LEVEL_ENV = "INTEGRATION_HUB_API_LOG_LEVEL"
 ENABLED_REFRESH_SECONDS = 2.0
 CATALOG_CHECK_SECONDS = 2.0
 IDEMPOTENCY_PRUNE_SECONDS = 600.0
 MAX_IDEMPOTENCY_KEY_CHARS = 255
-INLINE_BODY_BYTES = 64 * 1024  # larger bodies are parsed and validated in a worker thread
+MAX_INTEGRATION_TOKEN_CHARS = 256
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"  # printable ASCII, no blank at either end
 JSON = "application/json"
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    """Limits of the server; each also settable as $INTEGRATION_HUB_API_<NAME> (upper case)."""
-
-    max_body_bytes: int = 5 * MiB
-    max_records: int = 2000
-    rate_limit: float = 250.0  # requests per second per bearer token; 0 turns the limit off
-    rate_burst: int = 500  # requests a token may send at once before the rate applies
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> ApiSettings:
-        environ = dict(os.environ if environ is None else environ)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw:
-                values[f.name] = float(raw) if f.name == "rate_limit" else int(raw)
-        return cls(**values)
-
-    def to_env(self) -> dict[str, str]:
-        return {ENV_PREFIX + k.upper(): str(v) for k, v in asdict(self).items()}
 
 
 # ---------------------------------------------------------------------------- responses
@@ -91,52 +76,6 @@ def error(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response:
     return json_response(status, {"error": code, "message": message, **extra}, headers)
-
-
-class Problem(BaseModel):
-    index: int = Field(description="Position of the record in `data` (0-based).")
-    field: str | None = Field(description="The property with the problem (None: the record as a whole).")
-    message: str
-
-
-class EndUsersRequest(BaseModel):
-    integration_token: str = Field(description="The API integration's token (integration-hub endpoint NAME).")
-    data: list[dict[str, str | int | float | bool | None]] = Field(
-        description="1 to 2,000 records: the user id property plus mapped properties.",
-        examples=[[{"userId": "u1", "planTier": "gold"}]],
-    )
-
-
-class Accepted(BaseModel):
-    batch_id: str
-    accepted: int = Field(description="Records accepted (durably stored, applied within about a minute).")
-    rejected: list[Problem] = Field(description="Problems of the rejected records (at most 1,000 listed).")
-    rejected_count: int = Field(description="Records rejected.")
-
-
-class ErrorBody(BaseModel):
-    error: str
-    message: str
-
-
-class NoValidRecord(ErrorBody):
-    accepted: int = 0
-    rejected: list[Problem]
-    rejected_count: int
-
-
-class BatchStatus(BaseModel):
-    batch_id: str
-    integration: str
-    status: str = Field(description="accepted | applied | failed")
-    received_at: str | None = None
-    accepted: int | None = None
-    rejected: list[Problem] = []
-    rejected_count: int = 0
-    applied_at: str | None = None
-    rows_applied: int | None = None
-    rows_rejected_at_apply: int | None = None
-    message: str | None = None
 
 
 # ---------------------------------------------------------------------------- state
@@ -338,53 +277,19 @@ def _instigator_states(catalog: Catalog) -> Any | None:
 # ---------------------------------------------------------------------------- handlers
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, counted while it arrives; stops reading past `limit` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            if int(length) > limit:
-                raise BodyTooLarge(int(length))
-        except ValueError:
-            pass  # uvicorn refuses a malformed Content-Length before we get here
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(None)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(limit: int, length: int | None) -> Response:
-    size = f"the body is {length:,} bytes, over" if length else "the body is larger than"
-    return error(
-        413,
-        "payload_too_large",
-        f"{size} the limit of {limit:,} bytes: send fewer records per request",
-        {"Connection": "close"},
-    )
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
-
-
 def _shape_problem(document: Any, max_records: int) -> str | None:
     if not isinstance(document, dict):
         return 'the body must be a JSON object: {"integration_token": "...", "data": [ ... ]}'
     unknown = [k for k in document if k not in ("integration_token", "data")]
     if unknown:
-        return f"unknown field {unknown[0]!r} in the body: only integration_token and data are allowed"
+        return (
+            f"unknown field {shown_key(unknown[0])} in the body: only integration_token and data are allowed"
+        )
     if "integration_token" not in document:
         return "missing integration_token: get it with integration-hub endpoint NAME"
-    if not isinstance(document["integration_token"], str):
-        return "integration_token must be a string"
+    token = document["integration_token"]
+    if not isinstance(token, str) or len(token) > MAX_INTEGRATION_TOKEN_CHARS:
+        return f"integration_token must be a string of at most {MAX_INTEGRATION_TOKEN_CHARS} characters"
     if "data" not in document:
         return f"missing data: an array of 1 to {max_records:,} records"
     if not isinstance(document["data"], list):
@@ -394,29 +299,39 @@ def _shape_problem(document: Any, max_records: int) -> str | None:
     return None
 
 
+def _idempotency_key(request: Request) -> str | None | Response:
+    """The request's Idempotency-Key (None without one), or the 400 answer to a malformed one."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable() or not key.isascii():
+        return error(
+            400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters"
+        )
+    return key
+
+
 async def post_end_users(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     settings = hub.settings
     bearer = hub.authenticate(request)
     if isinstance(bearer, Response):
         return bearer
+    key = _idempotency_key(request)
+    if isinstance(key, Response):
+        return key
     try:
-        body = await read_body(request, settings.max_body_bytes)
-    except BodyTooLarge as exc:
-        return _too_large(settings.max_body_bytes, exc.args[0])
+        check_media_type(request.headers.get("content-type"))
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
+    except BodyRefused as refused:
+        return error(refused.status, refused.code, refused.message, refused.headers)
     except ClientDisconnect:
         return error(400, "client_disconnected", "the client went away before the body was complete")
-
-    key = request.headers.get("idempotency-key")
     if key is None:
         return await _process(hub, body, None)
-    key = key.strip()
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable() or not key.isascii():
-        return error(
-            400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters"
-        )
     key_hash = hub.batches.idempotency_hash(bearer, key)
-    request_sha = hashlib.sha256(body).hexdigest()
+    request_sha = hashlib.sha256(body).hexdigest()  # decompressed: gzip or not, the same request
     lock = open(hub.batches.idempotency_lock_path(key_hash), "a+b")  # noqa: SIM115 - released below
     try:
         try:
@@ -455,25 +370,15 @@ class Prepared:
 
 
 def prepare(hub: Hub, body: bytes) -> Prepared | Response:
-    """Parse, pick the integration, validate: CPU only, no I/O but token lookups."""
+    """Parse, check the shape, pick the integration, validate: CPU only, no I/O but token lookups."""
     settings = hub.settings
     try:
-        document = json.loads(body, parse_constant=_reject_constant)
-    except RecursionError:
-        return error(400, "invalid_json", f"the JSON document nests deeper than {MAX_JSON_DEPTH} levels")
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        return error(400, "invalid_json", f"the body is not valid JSON: {exc}")
+        document = parse_document(body, settings.max_containers)
+    except DocumentRefused as refused:
+        return error(400, refused.code, refused.message)
     problem = _shape_problem(document, settings.max_records)
     if problem:
         return error(400, "invalid_request", problem)
-    integration = hub.integration_for(document["integration_token"])
-    if integration is None:
-        return error(
-            404,
-            "unknown_integration_token",
-            "the integration token is not valid: it is unknown, was rotated, or its integration is disabled; "
-            "get the current one with: integration-hub endpoint NAME",
-        )
     records = document["data"]
     if len(records) > settings.max_records:
         return error(
@@ -482,10 +387,15 @@ def prepare(hub: Hub, body: bytes) -> Prepared | Response:
             f"{len(records):,} records, over the limit of {settings.max_records:,} per request: "
             "split them into several requests",
         )
-    try:
-        validated = hub.mappings[integration.name].validate(records)
-    except JsonTooDeep as exc:
-        return error(400, "invalid_json", str(exc))
+    integration = hub.integration_for(document["integration_token"])
+    if integration is None:
+        return error(
+            404,
+            "unknown_integration_token",
+            "the integration token is not valid: it is unknown, was rotated, or its integration is disabled; "
+            "get the current one with: integration-hub endpoint NAME",
+        )
+    validated = hub.mappings[integration.name].validate(records)
     if validated.accepted == 0:
         return error(
             422,
@@ -516,10 +426,8 @@ def prepare(hub: Hub, body: bytes) -> Prepared | Response:
 
 async def _process(hub: Hub, body: bytes, idempotency: tuple[str, str] | None) -> Response:
     hub.maybe_reload_catalog()
-    if len(body) > INLINE_BODY_BYTES:  # a big batch must not hold up the small requests behind it
-        prepared = await run_in_threadpool(prepare, hub, body)
-    else:
-        prepared = prepare(hub, body)
+    # Parsing and validating take CPU: in a worker thread, the event loop keeps answering others.
+    prepared = await run_in_threadpool(prepare, hub, body)
     if isinstance(prepared, Response):
         return prepared
     record = None
@@ -562,7 +470,9 @@ async def get_batch(request: Request) -> Response:
     hub.maybe_reload_catalog()
     location = hub.batches.locate(batch_id, list(hub.integrations))
     if location is None:
-        return error(404, "batch_not_found", f"no batch {batch_id!r}: check the batch_id of the 202 answer")
+        return error(
+            404, "batch_not_found", f"no batch {shown_key(batch_id)}: check the batch_id of the 202 answer"
+        )
     status = hub.batches.read_status(location)
     keys = (
         "batch_id", "integration", "status", "received_at", "accepted", "rejected", "rejected_count",
@@ -573,11 +483,43 @@ async def get_batch(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     hub: Hub = request.app.state.hub
-    writable = os.access(hub.batches.root, os.W_OK)
-    body = {"status": "ok" if writable else "degraded", "integrations": len(hub.integrations)}
-    if not writable:
-        body["message"] = f"the landing folder {hub.batches.root} is not writable"
-    return json_response(200 if writable else 503, body)
+    if os.access(hub.batches.root, os.W_OK):
+        return json_response(200, {"status": "ok", "integrations": len(hub.integrations)})
+    return error(
+        503,
+        "landing_not_writable",
+        f"the landing folder {hub.batches.root} is not writable: requests cannot be stored; "
+        "check its permissions and free space",
+        status="degraded",
+        integrations=len(hub.integrations),
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 from routing (and any other HTTPException) in the API's error shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    where = f"{request.method} {shown_key(request.url.path)[1:-1]}"
+    if exc.status_code == 404:
+        return error(
+            404,
+            "not_found",
+            f"no such endpoint: {where}; the API serves POST /v1/end-users, GET /v1/batches/{{batch_id}} "
+            "and GET /healthz (see /docs)",
+        )
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        return error(405, "method_not_allowed", f"{where} is not allowed: use {allow}", {"Allow": allow})
+    return error(exc.status_code, "http_error", str(exc.detail), exc.headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """An unexpected failure: the traceback goes to the log (uvicorn prints it), the client gets JSON."""
+    return error(
+        500,
+        "internal_error",
+        "the server failed unexpectedly (the server log has the details); retrying with the same "
+        "Idempotency-Key is safe",
+    )
 
 
 # ---------------------------------------------------------------------------- the app
@@ -594,20 +536,6 @@ async def _background(hub: Hub) -> None:
             if time.monotonic() - pruned > IDEMPOTENCY_PRUNE_SECONDS:
                 pruned = time.monotonic()
                 await run_in_threadpool(hub.batches.prune_idempotency)
-
-
-def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        400: ("Malformed JSON, wrong shape, or a bad Idempotency-Key.", ErrorBody),
-        401: ("Missing, invalid or revoked bearer token.", ErrorBody),
-        404: ("Unknown integration token (or its integration is disabled) / unknown batch.", ErrorBody),
-        409: ("A request with the same Idempotency-Key is still being processed.", ErrorBody),
-        413: ("Body over the size limit (default 5 MB) or over the record limit (default 2,000).", ErrorBody),
-        422: ("No record is valid, or the Idempotency-Key was used with another body.", NoValidRecord),
-        429: ("Over the per-token rate limit: see Retry-After.", ErrorBody),
-        503: ("The records could not be stored: nothing was accepted.", ErrorBody),
-    }
-    return {code: {"description": described[code][0], "model": described[code][1]} for code in codes}
 
 
 def create_app(
@@ -658,8 +586,11 @@ def create_app(
         docs_url="/docs",
         openapi_url="/openapi.json",
         redoc_url=None,
+        redirect_slashes=False,  # /healthz/ is 404 JSON, not a redirect outside the document
     )
     app.state.hub = hub
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
     secured = {"security": [{"bearerAuth": []}]}
     app.add_api_route(
         "/v1/end-users",
@@ -670,23 +601,29 @@ def create_app(
         description=(
             "Validates each record against the integration's mapping; valid records are accepted, invalid ones "
             "are listed with index, field and message. Send `Idempotency-Key: <unique string>` to make retries "
-            "safe: a retried request returns the first answer for 24 h without accepting the records twice."
+            "safe: a retried request returns the first answer for 24 h without accepting the records twice.\n\n"
+            "The body is JSON in UTF-8 (`Content-Type: application/json`), at most "
+            f"{settings.max_body_bytes:,} bytes, optionally `Content-Encoding: gzip` (the limit then also holds "
+            f"once decompressed). Nothing may nest deeper than {MAX_JSON_DEPTH} levels and no object may "
+            "repeat a key, anywhere in the body."
         ),
-        response_model=Accepted,
-        responses=_responses(400, 401, 404, 409, 413, 422, 429, 503),
+        responses={},
         openapi_extra={
             **secured,
-            "requestBody": {
-                "required": True,
-                "content": {JSON: {"schema": EndUsersRequest.model_json_schema()}},
-            },
+            "requestBody": {"required": True, "content": {JSON: {"schema": request_schema(settings)}}},
             "parameters": [
                 {
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_CHARS},
-                    "description": "A unique key per logical request; retries with the same key get the first answer.",
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_IDEMPOTENCY_KEY_CHARS,
+                        "pattern": IDEMPOTENCY_KEY_PATTERN,
+                    },
+                    "description": "A unique key per logical request (printable ASCII); retries with the same "
+                    "key get the first answer.",
                 }
             ],
         },
@@ -697,12 +634,16 @@ def create_app(
         methods=["GET"],
         summary="The status of an accepted batch",
         description="accepted (stored, waiting to be applied) | applied | failed, with counts and rejected records.",
-        response_model=BatchStatus,
-        responses=_responses(401, 404, 429),
         openapi_extra={
             **secured,
             "parameters": [
-                {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                {
+                    "name": "batch_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": BATCH_ID_PATTERN, "maxLength": 34},
+                    "description": "The batch_id of a 202 answer.",
+                }
             ],
         },
     )
@@ -713,14 +654,7 @@ def create_app(
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearerAuth": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "integration-hub tokens create NAME",
-                }
-            }
-            app.openapi_schema = schema
+            app.openapi_schema = finish_openapi(schema, settings)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -772,4 +706,6 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=10,
+        http="integration_hub.api.protocol:ApiHttpProtocol",  # head size limit and deadline
+        ws="none",
     )

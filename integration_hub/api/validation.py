@@ -28,6 +28,7 @@ from typing import Any
 
 from ..core.catalog import ApiIntegration
 from ..core.sql import rejection_reason
+from .document import LongInteger
 
 # DuckDB's trim() removes exactly the Unicode space separators (category Zs), not tabs or
 # newlines; the CSV path trims with it, so the API does the same.
@@ -36,8 +37,7 @@ DUCKDB_TRIM = (
 )
 MAX_USER_ID_CHARS = 1024
 MAX_PROBLEMS = 1000  # problems listed in one response; the count of rejected records is always exact
-MAX_JSON_DEPTH = 32  # deeper JSON is refused as a whole (400), whatever record it is in
-RECORD_DEPTH = 3  # {"data": [{...}]}: a record's values are at this depth
+MAX_UNKNOWN_LISTED = 10  # unknown properties listed one by one per record; one more problem counts the rest
 
 _DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})", re.ASCII)
 _DATETIME = re.compile(
@@ -52,27 +52,7 @@ class InvalidValue(ValueError):
     """A value that does not cast to its property type; the message says what is expected."""
 
 
-class JsonTooDeep(ValueError):
-    """The document nests deeper than MAX_JSON_DEPTH."""
-
-
-def nesting_depth(value: Any) -> int:
-    """How deep a JSON value nests (a scalar is 0, [] and {} are 1), without recursion."""
-    deepest = 0
-    stack = [(value, 1)] if isinstance(value, dict | list) else []
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > MAX_JSON_DEPTH:
-            break
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
-
-
-def _nested(value: Any, depth: int = RECORD_DEPTH) -> InvalidValue:
-    if depth + nesting_depth(value) > MAX_JSON_DEPTH:
-        raise JsonTooDeep(f"the JSON document nests deeper than {MAX_JSON_DEPTH} levels")
+def _nested() -> InvalidValue:
     return InvalidValue("nested objects and arrays are not supported: send a string, number, boolean or null")
 
 
@@ -94,7 +74,7 @@ def _text(value: Any) -> str | None:
         if not math.isfinite(value):
             raise InvalidValue("not a finite number")
         return repr(value)
-    raise _nested(value)
+    raise _nested()
 
 
 def _trimmed(value: Any) -> str | None:
@@ -115,6 +95,8 @@ def cast_string(value: Any) -> str | None:
 def cast_number(value: Any) -> str | None:
     if isinstance(value, bool):
         raise _expected("number")
+    if isinstance(value, LongInteger):
+        raise InvalidValue("not a finite number: too large for a double")
     if isinstance(value, int):
         try:
             float(value)
@@ -214,22 +196,28 @@ CASTS: dict[str, Callable[[Any], str | None]] = {
 
 
 def cast_user_id(value: Any) -> str:
-    if isinstance(value, str):
+    """The user id as text: a non-empty string or an integer (a JSON number without a fraction)."""
+    if isinstance(value, bool) or value is None:
+        raise InvalidValue(
+            "empty user id: every record needs a non-empty user id"
+            if value is None
+            else "the user id must be a string (or an integer)"
+        )
+    if isinstance(value, int):  # LongInteger (a str) holds the integers too long for int()
+        text = str(value)
+    elif isinstance(value, str):
         text = value.strip(DUCKDB_TRIM)
         if not text:
             raise InvalidValue("empty user id: every record needs a non-empty user id")
-        if len(text) > MAX_USER_ID_CHARS:
-            raise InvalidValue(
-                f"user id is {len(text):,} characters long: at most {MAX_USER_ID_CHARS:,} are allowed"
-            )
-        return text
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if value is None:
-        raise InvalidValue("empty user id: every record needs a non-empty user id")
-    if isinstance(value, dict | list):
-        raise _nested(value)
-    raise InvalidValue("the user id must be a string (or an integer)")
+    elif isinstance(value, dict | list):
+        raise _nested()
+    else:
+        raise InvalidValue("the user id must be a string (or an integer)")
+    if len(text) > MAX_USER_ID_CHARS:
+        raise InvalidValue(
+            f"user id is {len(text):,} characters long: at most {MAX_USER_ID_CHARS:,} are allowed"
+        )
+    return text
 
 
 def _check_unicode(text: str) -> None:
@@ -250,7 +238,6 @@ class ValidatedBatch:
     accepted: int = 0  # records accepted
     rejected_records: int = 0  # records rejected (each has one or more problems)
     problems: list[dict[str, Any]] = field(default_factory=list)  # {index, field, message}, capped
-    problems_total: int = 0
     rows: list[dict[str, str]] = field(default_factory=list)  # one per user, canonical strings
 
     def ndjson(self) -> bytes:
@@ -261,25 +248,30 @@ class ValidatedBatch:
 
 @dataclass(frozen=True)
 class CompiledMapping:
-    """Per-integration validation, built once: the user id key and a cast per payload property."""
+    """Per-integration validation, built once: the user id key and a cast per payload property.
+
+    The work per request is bounded: a record lists at most MAX_UNKNOWN_LISTED unknown
+    properties (one more problem counts the rest), and once MAX_PROBLEMS problems are listed
+    the remaining records are only checked until their first problem.
+    """
 
     integration: str
     user_id_property: str
     casts: dict[str, Callable[[Any], str | None]]  # payload property -> its type's cast
     keep_blank: bool  # on_blank: keep -> a later record's blank value does not erase an earlier one
+    unknown_message: str  # the message of an unknown property
 
     def validate(self, records: Sequence[Any]) -> ValidatedBatch:
         result = ValidatedBatch()
         by_user: dict[str, int] = {}
         memo: dict[tuple[str, type, Any], str | InvalidValue | None] = {}
         for index, record in enumerate(records):
-            problems = self._record(index, record, result.rows, by_user, memo)
+            listing = len(result.problems) < MAX_PROBLEMS
+            problems = self._record(index, record, result.rows, by_user, memo, listing)
             if problems:
                 result.rejected_records += 1
-                result.problems_total += len(problems)
-                room = MAX_PROBLEMS - len(result.problems)
-                if room > 0:
-                    result.problems.extend(problems[:room])
+                if listing:
+                    result.problems.extend(problems[: MAX_PROBLEMS - len(result.problems)])
             else:
                 result.accepted += 1
         return result
@@ -315,10 +307,10 @@ class CompiledMapping:
         rows: list[dict[str, str]],
         by_user: dict[str, int],
         memo: dict[tuple[str, type, Any], str | InvalidValue | None],
+        listing: bool,
     ) -> list[dict[str, Any]]:
+        """The problems of one record (only the first when not `listing`); a valid record joins `rows`."""
         if not isinstance(record, dict):
-            if isinstance(record, list):
-                _nested(record, RECORD_DEPTH - 1)
             return [
                 {
                     "index": index,
@@ -331,6 +323,7 @@ class CompiledMapping:
         problems: list[dict[str, Any]] = []
         row: dict[str, str] = {}
         user_id = None
+        unknown = 0
         for key, value in record.items():
             try:
                 if key == uid_key:
@@ -339,15 +332,31 @@ class CompiledMapping:
                     if key not in casts:
                         continue
                 if key not in casts:
-                    _check_unicode(key)
-                    problems.append({"index": index, "field": key, "message": self._unknown(key)})
-                    continue
+                    unknown += 1
+                    if unknown <= MAX_UNKNOWN_LISTED:
+                        problems.append(
+                            {"index": index, "field": _shown(key), "message": self.unknown_message}
+                        )
+                    if listing:
+                        continue
+                    break
                 text = self._cast(key, value, memo)
                 if text is not None:
                     row[key] = text
             except InvalidValue as exc:
-                problems.append({"index": index, "field": _printable(key), "message": str(exc)})
-        if user_id is None and uid_key not in record:
+                problems.append({"index": index, "field": _shown(key), "message": str(exc)})
+                if not listing:
+                    break
+        if unknown > MAX_UNKNOWN_LISTED:
+            problems.append(
+                {
+                    "index": index,
+                    "field": None,
+                    "message": f"and {unknown - MAX_UNKNOWN_LISTED:,} more unknown properties "
+                    f"(not in the mapping of integration {self.integration!r})",
+                }
+            )
+        if uid_key not in record and (listing or not problems):
             problems.append(
                 {
                     "index": index,
@@ -368,12 +377,14 @@ class CompiledMapping:
             rows[earlier] = row  # on_blank: clear -> the later record replaces the earlier one
         return problems
 
-    def _unknown(self, key: str) -> str:
-        known = ", ".join([self.user_id_property, *self.casts])
-        return f"unknown property: not in the mapping of integration {self.integration!r} (known: {known})"
+
+_SHOWN_FIELD_CHARS = 200
 
 
-def _printable(key: str) -> str:
+def _shown(key: str) -> str:
+    """A payload property as a problem's `field`: valid UTF-8 (lone surrogates escaped), at most 200 characters."""
+    if len(key) > _SHOWN_FIELD_CHARS:
+        key = key[:_SHOWN_FIELD_CHARS] + "…"
     try:
         key.encode("utf-8")
         return key
@@ -387,4 +398,8 @@ def compile_mapping(integration: ApiIntegration) -> CompiledMapping:
         user_id_property=integration.user_id_property,
         casts={p.property: CASTS[p.type] for p in integration.properties},
         keep_blank=integration.on_blank == "keep",
+        unknown_message=(
+            f"unknown property: not in the mapping of integration {integration.name!r} "
+            f"(known: {', '.join([integration.user_id_property, *(p.property for p in integration.properties)])})"
+        ),
     )

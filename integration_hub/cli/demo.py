@@ -19,7 +19,7 @@ from pathlib import Path
 
 DEMO_CATALOG = """\
 # The demo catalog: one local-folder CSV integration, one API integration, one report.
-warehouse: data/warehouse.duckdb
+warehouse: {catalog: data/catalog.sqlite, data_path: data/lake/}
 landing: data/api_landing
 max_attributes: 100
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from ..core.catalog import CatalogError
-from .output import CommandError, print_json
+from .output import fail_with, one_line, print_json
 
 DESCRIPTION = """\
 integration_hub moves per-user attributes between your systems and one DuckDB attribute store.
@@ -17,7 +18,12 @@ The catalog is --catalog, else $INTEGRATION_HUB_CATALOG, else ./integrations.yam
 """
 
 # Kinds that add their own subcommands: module with `register(subparsers)`.
-EXTENSIONS = ("integration_hub.cli.lake", "integration_hub.api.cli", "integration_hub.salesforce.cli")
+EXTENSIONS = (
+    "integration_hub.cli.lake",
+    "integration_hub.api.cli",
+    "integration_hub.salesforce.cli",
+    "integration_hub.alerts.cli",
+)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -25,10 +31,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .management import catalog_from, find_integration
 
     catalog = catalog_from(args)
-    print(
-        f"catalog ok: {len(catalog.connections)} connections, {len(catalog.integrations)} integrations, "
-        f"{len(catalog.reports)} reports"
-    )
     integrations = [find_integration(catalog, args.name)] if args.name else catalog.integrations
     outcomes = []
     for integration in integrations:
@@ -36,12 +38,27 @@ def cmd_check(args: argparse.Namespace) -> int:
         if check is None:
             continue
         outcomes += check(catalog, integration)
+    ok = all(o.ok for o in outcomes)
     if args.json:
-        print_json([o.__dict__ for o in outcomes])
-    else:
-        for outcome in outcomes:
-            print(f"{'ok  ' if outcome.ok else 'FAIL'} {outcome.name}: {outcome.message}")
-    return 0 if all(o.ok for o in outcomes) else 1
+        print_json(
+            {
+                "ok": ok,
+                "catalog": {
+                    "connections": len(catalog.connections),
+                    "integrations": len(catalog.integrations),
+                    "reports": len(catalog.reports),
+                },
+                "checks": [o.__dict__ for o in outcomes],
+            }
+        )
+        return 0 if ok else 1
+    print(
+        f"catalog ok: {len(catalog.connections)} connections, {len(catalog.integrations)} integrations, "
+        f"{len(catalog.reports)} reports"
+    )
+    for outcome in outcomes:
+        print(f"{'ok  ' if outcome.ok else 'FAIL'} {outcome.name}: {one_line(outcome.message)}")
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,11 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
             "integration_hub.cli.main:cmd_check")
     p.add_argument("name", nargs="?", help="only this integration")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p = add("logs", "Run history of an integration, or the full log of one run.", "integration_hub.cli.management:cmd_logs")
+    p = add("logs", "Run history of an integration, or the full log of one run.", "integration_hub.cli.logs:cmd_logs")
     p.add_argument("name", help="the integration's name")
-    p.add_argument("--run", metavar="RUN_ID", help="show this run in full (run id or Dagster run id)")
+    p.add_argument("--run", metavar="RUN_ID",
+                   help="one run in full: a RUN id, or a Dagster run id (or its first characters) with every source")
     p.add_argument("--limit", type=int, default=50, help="how many runs to list (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p = add("migrate", "Copy a pre-lake warehouse file (one DuckDB database) into the lake, verified table by table.",
+            "integration_hub.cli.migration:cmd_migrate")
+    p.add_argument("old", metavar="OLD.duckdb", help="the old warehouse file (it is opened read-only)")
+    p.add_argument("--json", action="store_true", help="print the per-table result as JSON")
     p = add("demo", "Write a sample catalog and data, then start the Dagster UI (what `make demo` runs).",
             "integration_hub.cli.demo:cmd_demo")
     p.add_argument("--dir", default="demo", help="where to write the demo (default ./demo)")
@@ -107,31 +129,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
+
+
+def _quiet_python_logging() -> None:
+    """Library warnings and log records never reach the terminal: commands print only their own lines.
+
+    (Runs keep their full log, stack traces included, in the Dagster event log.)
+    """
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())  # else Python's last-resort handler prints WARNINGs
+
+
+def _stop_writing_stdout() -> None:
+    """The reader of our output went away: send what is still buffered nowhere, so exit is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a file descriptor (e.g. captured in-process): nothing to silence
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_python_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if hasattr(args, "func"):
-            return int(args.func(args) or 0)
-        module, function = args.func_path.split(":")
-        return int(getattr(importlib.import_module(module), function)(args) or 0)
-    except CatalogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except CommandError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+            code = int(args.func(args) or 0)
+        else:
+            module, function = args.func_path.split(":")
+            code = int(getattr(importlib.import_module(module), function)(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `integration-hub logs crm | head -1`: stop quietly, as Unix tools do.
+        _stop_writing_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # every failure ends in one line, not a traceback
-        from ..core.landing import LandingError
-        from ..core.warehouse import WarehouseError
-
-        if isinstance(exc, LandingError | WarehouseError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
-        return 1
+        return fail_with(exc)
 
 
 if __name__ == "__main__":

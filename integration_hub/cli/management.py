@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from ..core.catalog import (
 from ..core.state import dagster_instance, is_enabled, job_name, set_enabled
 from ..core.warehouse import open_reader
 from .hooks import hook
-from .output import CommandError, print_json, print_table
+from .output import CommandError, one_line, print_json, print_table
 
 
 def catalog_from(args: argparse.Namespace) -> Catalog:
@@ -153,6 +151,11 @@ def cmd_disable(args: argparse.Namespace) -> int:
     return _toggle(args, False)
 
 
+# In-process runs keep their full log (stack traces included) in the Dagster event log, where
+# `logs NAME --run ID` and the Dagster UI show it; the console logger would print it to stderr.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     catalog = catalog_from(args)
     integration = find_integration(catalog, args.name)
@@ -166,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ..definitions import build_definitions
 
         job = build_definitions(catalog).resolve_job_def(job_name(integration))
-        run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        run_config: dict[str, Any] = dict(QUIET_CONSOLE)
         # A kind may turn command-line options (e.g. --full-resync) into run config for its job.
         kind_config = hook("run_config", integration, default=None)
         if kind_config is not None:
@@ -179,22 +182,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         run_id = result.run_id
     runs = _runs_of_dagster_run(catalog, run_id)
+    details = f"details: integration-hub logs {integration.name} --run {run_id[:8]}"
+    if not result.success or (runs and all(r["status"] == "failed" for r in runs)):
+        # Nothing was applied: the run failed, in one line (the rest is in its log).
+        raise CommandError(f"{integration.name} failed: {_failure_reason(result, runs)} ({details})")
     for run in runs:
         line = (
             f"{run['source']}: {run['status']} ({run['rows_read']} read, {run['rows_applied']} applied, "
             f"{run['rows_rejected']} rejected)"
         )
-        print(line + (f" - {run['message']}" if run["message"] else ""))
+        print(one_line(line + (f" - {run['message']}" if run["message"] else "")))
     if not runs:
-        print(f"{integration.name}: nothing to do" if result.success else f"{integration.name}: run failed")
-    if not result.success:
-        failure = next((e for e in result.all_events if e.is_step_failure), None)
-        reason = failure.step_failure_data.error.message.strip().splitlines()[0] if failure else "see the Dagster UI"
-        # Dagster prefixes the exception's class ("dagster._core.definitions.events.Failure: ..."): keep the words.
-        reason = re.sub(r"^[\w.]+(Error|Exception|Failure): ", "", reason)
-        raise CommandError(f"run {run_id} failed: {reason}")
+        print(f"{integration.name}: nothing to do")
+    failed = [r for r in runs if r["status"] == "failed"]
+    if failed:
+        raise CommandError(f"{len(failed)} of {len(runs)} sources failed in dagster run {run_id} ({details})")
     print(f"dagster run {run_id}")
-    return 1 if any(r["status"] == "failed" for r in runs) else 0
+    return 0
+
+
+def _failure_reason(result: Any, runs: list[dict[str, Any]]) -> str:
+    """One line: why a Dagster run failed (its first step failure, else its failed sources)."""
+    from .logs import error_reason
+
+    failure = next((e for e in result.all_events if e.is_step_failure), None)
+    if failure is not None and failure.step_failure_data.error is not None:
+        return error_reason(failure.step_failure_data.error)
+    failed = [r for r in runs if r["status"] == "failed"]
+    if failed:
+        first = f"{failed[0]['source']}: {failed[0]['message']}"
+        return first if len(failed) == 1 else f"all {len(failed)} sources failed, the first {first}"
+    return "the Dagster run failed"
 
 
 def _runs_of_dagster_run(catalog: Catalog, dagster_run_id: str) -> list[dict[str, Any]]:
@@ -206,79 +224,3 @@ def _runs_of_dagster_run(catalog: Catalog, dagster_run_id: str) -> list[dict[str
         )
         columns = [d[0] for d in result.description]
         return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    catalog = catalog_from(args)
-    integration = find_integration(catalog, args.name)
-    with open_reader(catalog) as con:
-        if con is None:
-            runs: list[dict[str, Any]] = []
-        else:
-            query = "SELECT * FROM integration_runs WHERE integration = ?"
-            params: list[Any] = [integration.name]
-            if args.run:
-                query += " AND (run_id = ? OR dagster_run_id = ? OR dagster_run_id LIKE ?)"
-                params += [args.run, args.run, f"{args.run}%"]
-            query += " ORDER BY started_at DESC LIMIT ?"
-            params.append(args.limit)
-            result = con.execute(query, params)
-            columns = [d[0] for d in result.description]
-            runs = [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
-            for run in runs:
-                run["details"] = json.loads(run["details"]) if run.get("details") else {}
-            if args.run:
-                if not runs:
-                    raise CommandError(f"no run {args.run!r} for {integration.name}; list runs with `integration-hub logs {integration.name}`")
-                for run in runs:
-                    rejected = con.execute(
-                        "SELECT row_number, user_id, column_name, value, reason FROM rejected_rows WHERE run_id = ? "
-                        "ORDER BY row_number LIMIT 1000",
-                        [run["run_id"]],
-                    )
-                    names = [d[0] for d in rejected.description]
-                    run["rejected_rows"] = [dict(zip(names, r, strict=True)) for r in rejected.fetchall()]
-                    run.update(hook("run_details", integration, default=lambda *_: {})(con, run))
-    if args.json:
-        print_json(runs)
-        return 0
-    if not runs:
-        print(f"{integration.name}: no runs yet")
-        return 0
-    if args.run:
-        for run in runs:
-            _print_run(run)
-        return 0
-    print_table(
-        runs,
-        [
-            ("run_id", "RUN"),
-            ("started_at", "STARTED"),
-            ("status", "STATUS"),
-            ("rows_read", "READ"),
-            ("rows_applied", "APPLIED"),
-            ("rows_rejected", "REJECTED"),
-            ("source", "SOURCE"),
-            ("message", "MESSAGE"),
-        ],
-    )
-    return 0
-
-
-def _print_run(run: dict[str, Any]) -> None:
-    keys = [k for k in run if k not in ("rejected_rows", "details") and not isinstance(run[k], list)]
-    width = max(len(k) for k in keys)
-    for key in keys:
-        print(f"{key.ljust(width)}  {run[key] if run[key] is not None else '-'}")
-    for key, value in (run.get("details") or {}).items():
-        print(f"{key.ljust(width)}  {value}")
-    for key, value in run.items():
-        if isinstance(value, list) and value and key != "rejected_rows":
-            print(f"\n{key}:")
-            print_table(value, [(k, k.upper()) for k in value[0]])
-    if run.get("rejected_rows"):
-        print("\nrejected rows:")
-        print_table(
-            run["rejected_rows"],
-            [("row_number", "ROW"), ("user_id", "USER"), ("column_name", "COLUMN"), ("value", "VALUE"), ("reason", "REASON")],
-        )

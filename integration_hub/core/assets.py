@@ -32,6 +32,8 @@ def integration_pool(integration_name: str) -> str:
 
 RESOURCE_KEY = "warehouse"
 TAG_TRIGGER = "integration_hub/trigger"
+TAG_OUTCOME = "integration_hub/outcome"  # success | partial | skipped | failed
+SOURCES_CHECK = "sources_applied"  # fails (WARN) when a source of the run failed: the run's outcome
 
 
 def sensor_status(integration: Integration) -> dg.DefaultSensorStatus:
@@ -60,7 +62,7 @@ def attribute_check_specs(integration: InboundIntegration) -> list[dg.AssetCheck
             "column_types", asset=key, description="Every property column exists with its catalog type."
         ),
         dg.AssetCheckSpec(
-            "sources_applied",
+            SOURCES_CHECK,
             asset=key,
             description="No source (file or API batch) of the latest run failed.",
         ),
@@ -109,7 +111,7 @@ def attribute_checks(
         ),
         dg.AssetCheckResult(check_name="column_types", passed=not wrong, metadata={"mismatches": str(wrong or "none")}),
         dg.AssetCheckResult(
-            check_name="sources_applied",
+            check_name=SOURCES_CHECK,
             passed=not failed,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"failed_sources": "\n".join(f"{r.source}: {r.message}" for r in failed) or "none"},

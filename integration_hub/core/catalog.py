@@ -13,11 +13,21 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 PropertyType = Literal["string", "number", "boolean", "date", "datetime"]
 PROPERTY_TYPES: tuple[str, ...] = ("string", "number", "boolean", "date", "datetime")
@@ -49,7 +59,15 @@ class _Model(BaseModel):
 # ---------------------------------------------------------------------------- connections
 
 
-class S3Connection(_Model):
+class _NetworkLimits(_Model):
+    """How long a storage client waits and how often it retries (core/timeouts.py applies them)."""
+
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)  # to open a connection
+    read_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)  # for the next bytes of an answer
+    max_retries: int = Field(default=2, ge=0, le=10)  # per call, after the first attempt
+
+
+class S3Connection(_NetworkLimits):
     """An S3 bucket (or any S3-compatible store through `endpoint_url`)."""
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -90,7 +108,8 @@ class SalesforceConnection(_Model):
     username: str | None = None  # JWT bearer: the Salesforce user the server acts as
     private_key_file: str | None = None  # JWT bearer: the connected app's private key (PEM)
     api_version: str = "62.0"
-    timeout_seconds: float = Field(default=60.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0)  # read timeout of each call
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     callback_port: int = Field(default=1717, ge=1, le=65535)
     # A PEM file of CAs to trust for this org only (TLS-inspecting proxies, the test fake);
     # passed on every request, so REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE cannot override it.
@@ -99,7 +118,7 @@ class SalesforceConnection(_Model):
     retry_backoff_seconds: float = Field(default=2.0, ge=0, le=300)  # first wait; doubles each retry
 
 
-class AzureBlobConnection(_Model):
+class AzureBlobConnection(_NetworkLimits):
     """An Azure Blob Storage container."""
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -253,6 +272,127 @@ class Report(_Model):
     description: str | None = None
 
 
+# ---------------------------------------------------------------------------- alerts
+
+AlertTrigger = Literal["failed", "partial", "check_failed", "stale", "recovered"]
+ALERT_TRIGGERS: tuple[str, ...] = ("failed", "partial", "check_failed", "stale", "recovered")
+DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
+_DURATION_PATTERN = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+DURATION_HINT = "use a whole number and a unit (s, m, h, d), e.g. 30m, 26h, 2d or 1d12h"
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'30m', '26h', '2d', '1d12h' -> timedelta; anything else is a ValueError saying how to write it."""
+    if isinstance(value, timedelta):
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    match = _DURATION_PATTERN.fullmatch(text) if isinstance(value, str) else None
+    if not match or not any(match.groups()):
+        raise ValueError(f"{value!r} is not a duration: {DURATION_HINT}")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    duration = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if duration <= timedelta(0):
+        raise ValueError(f"{value!r} must be longer than zero: {DURATION_HINT}")
+    return duration
+
+
+def format_duration(duration: timedelta) -> str:
+    """timedelta -> '1d 2h' (the catalog's units, largest first)."""
+    seconds = int(duration.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join(parts)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _email_address(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", value.strip()):
+        raise ValueError(f"{value!r} is not an email address: write it as name@example.com")
+    return value.strip() if isinstance(value, str) else value
+
+
+def _http_url(value: Any) -> Any:
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(text, str) and not re.match(r"^https?://[^/\s]+", text):
+        # The URL itself may be the secret: say what is wrong without repeating it.
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+EmailAddress = Annotated[str, BeforeValidator(_email_address)]
+
+
+class _DeliveryBase(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)  # connect, and each read
+    max_retries: int = Field(default=2, ge=0, le=10)  # after the first attempt, on transient errors
+    retry_backoff_seconds: float = Field(default=1.0, ge=0, le=60)  # first wait; doubles each retry
+
+
+class WebhookDestination(_DeliveryBase):
+    """An HTTP endpoint receiving one POST per alert: Slack-compatible or a generic JSON body."""
+
+    type: Literal["webhook"]
+    url: Annotated[SecretStr, BeforeValidator(_http_url)]  # a Slack webhook URL is itself the secret
+    format: Literal["slack", "json"] = "json"
+    headers: dict[str, SecretStr] = Field(default_factory=dict)  # e.g. Authorization: Bearer ${TOKEN}
+    ca_bundle: str | None = None  # PEM file of CAs to trust for this endpoint only
+
+
+class EmailDestination(_DeliveryBase):
+    """Mail over SMTP: STARTTLS when the server offers it (required with `starttls: true`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    type: Literal["email"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool | None = None  # unset: used when offered; true: required; false: never
+    ssl: bool = False  # implicit TLS from the first byte (SMTPS, usually port 465)
+    user: str | None = None
+    password: SecretStr | None = None
+    from_address: EmailAddress = Field(alias="from")
+    to: list[EmailAddress] = Field(min_length=1)
+    ca_bundle: str | None = None  # PEM file of CAs to trust for this server only
+
+
+AlertDestination = Annotated[WebhookDestination | EmailDestination, Field(discriminator="type")]
+
+
+class AlertRule(_Model):
+    """Which events of which integrations go to which destinations."""
+
+    when: list[AlertTrigger] = Field(min_length=1)
+    integrations: Literal["all"] | list[str] = "all"
+    notify: list[str] = Field(min_length=1)
+    # A partial run alerts when rows_rejected / rows_read is over this (or a source failed whole).
+    partial_rejected_ratio: float = Field(default=0.0, ge=0, le=1)
+
+    def covers(self, integration: str) -> bool:
+        return self.integrations == "all" or integration in self.integrations
+
+
+class Alerts(_Model):
+    """The `alerts:` section: destinations, rules and how fresh each integration must stay."""
+
+    dagster_url: Annotated[str, BeforeValidator(_http_url)] = DEFAULT_DAGSTER_URL  # links in alerts
+    destinations: list[AlertDestination] = Field(default_factory=list)
+    rules: list[AlertRule] = Field(default_factory=list)
+    max_staleness: dict[str, Duration] = Field(default_factory=dict)
+
+    def destination(self, name: str) -> WebhookDestination | EmailDestination:
+        for destination in self.destinations:
+            if destination.name == name:
+                return destination
+        known = ", ".join(d.name for d in self.destinations) or "none declared"
+        raise KeyError(f"no alert destination named {name!r} in the catalog (known: {known})")
+
+
 class WarehouseSettings(_Model):
     """The attribute store, a DuckLake: a catalog database (metadata and snapshots) + Parquet data.
 
@@ -281,8 +421,12 @@ class Catalog(_Model):
     connections: list[Connection] = Field(default_factory=list)
     integrations: list[Integration] = Field(default_factory=list)
     reports: list[Report] = Field(default_factory=list)
+    alerts: Alerts = Field(default_factory=Alerts)
     # Directory relative paths in the file are resolved against (set by the loader).
     base_dir: str = Field(default=".", exclude=True)
+    # The environment variables the file names as ${VAR} (set by the loader): their values are
+    # masked wherever the hub repeats text that may contain them (alerts).
+    env_variables: tuple[str, ...] = Field(default=(), exclude=True)
 
     # -- lookups -----------------------------------------------------------------
     def connection(self, name: str) -> Connection:
@@ -351,6 +495,11 @@ _SECTIONS: dict[str, TypeAdapter[Any]] = {
     "reports": TypeAdapter(Report),
 }
 
+_ALERT_ENTRIES: dict[str, TypeAdapter[Any]] = {
+    "destinations": TypeAdapter(AlertDestination),
+    "rules": TypeAdapter(AlertRule),
+}
+
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -388,6 +537,15 @@ def _interpolate(value: Any, location: str, unset: list[_Unset]) -> Any:
 
 
 _ABSENT = object()
+
+
+def _env_names(value: Any) -> set[str]:
+    """Every ${VAR} a raw document names."""
+    if isinstance(value, dict):
+        return set().union(*(_env_names(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_env_names(v) for v in value))
+    return set(_ENV_PATTERN.findall(value)) if isinstance(value, str) else set()
 
 
 def default_catalog_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -441,23 +599,111 @@ def parse_catalog(raw: Any, base_dir: str | os.PathLike[str] = ".", path: Path |
                 problems += _pydantic_problems(exc, document, unset, prefix=(section, index))
                 if isinstance(entry, dict) and "name" in entry:
                     invalid_names.add(str(entry["name"]))
-    top = {k: v for k, v in document.items() if k not in _SECTIONS}
+    parsed_alerts = _validate_alerts(document.get("alerts"), document, unset)
+    alerts = parsed_alerts.alerts
+    problems += parsed_alerts.problems
+    env_variables = tuple(sorted(_env_names(raw)))
+    top = {k: v for k, v in document.items() if k not in _SECTIONS and k != "alerts"}
     try:
-        catalog = Catalog.model_validate({**top, **valid})
+        catalog = Catalog.model_validate({**top, **valid, "alerts": alerts, "env_variables": env_variables})
     except ValidationError as exc:
         problems += _pydantic_problems(exc, document, unset)
-        catalog = Catalog.model_validate({"base_dir": str(base_dir), **valid})
+        catalog = Catalog.model_validate(
+            {"base_dir": str(base_dir), **valid, "alerts": alerts, "env_variables": env_variables}
+        )
     problems += [
         p for p in semantic_problems(catalog) if not any(f"unknown connection {n!r}" in p or f"unknown report {n!r}" in p for n in invalid_names)
+    ]
+    problems += [
+        p
+        for p in alert_problems(catalog, parsed_alerts.rule_numbers, parsed_alerts.invalid_destinations)
+        if not any(f"unknown integration {n!r}" in p for n in invalid_names)
     ]
     if problems:
         raise CatalogError(problems, path)
     return catalog
 
 
+@dataclass
+class _AlertsParsed:
+    alerts: Alerts
+    problems: list[str]
+    invalid_destinations: set[str]
+    rule_numbers: list[int]  # each valid rule's position in the file, 1-based
+
+
+def _validate_alerts(raw: Any, document: dict[str, Any], unset: list[_Unset]) -> _AlertsParsed:
+    """The alerts section, entry by entry, so one bad entry does not hide the others' problems."""
+    if raw is None:
+        return _AlertsParsed(Alerts(), [], set(), [])
+    if not isinstance(raw, dict):
+        problem = "field 'alerts' must be a mapping of destinations, rules and max_staleness (see docs/operations.md)"
+        return _AlertsParsed(Alerts(), [problem], set(), [])
+    problems: list[str] = []
+    invalid: set[str] = set()
+    rule_numbers: list[int] = []
+    entries: dict[str, list[Any]] = {}
+    for key, adapter in _ALERT_ENTRIES.items():
+        items = raw.get(key) or []
+        if not isinstance(items, list):
+            problems.append(f"alerts field {key!r} must be a list of entries")
+            items = []
+        entries[key] = []
+        for index, item in enumerate(items):
+            try:
+                entry = adapter.validate_python(item)
+            except ValidationError as exc:
+                problems += _pydantic_problems(exc, document, unset, prefix=("alerts", key, index))
+                if key == "destinations" and isinstance(item, dict) and "name" in item:
+                    invalid.add(str(item["name"]))
+                continue
+            if isinstance(entry, EmailDestination) and entry.user and entry.password is None:
+                variable = next((u.variable for u in unset if u.location == f"alerts.destinations[{index}].password"), None)
+                fix = f"set the environment variable {variable}" if variable else "add password: ${SMTP_PASSWORD}"
+                problems.append(f"alerts destination {entry.name!r} field 'password' is needed with 'user': {fix}")
+                invalid.add(entry.name)
+                continue
+            entries[key].append(entry)
+            if key == "rules":
+                rule_numbers.append(index + 1)
+    staleness: dict[str, timedelta] = {}
+    raw_staleness = raw.get("max_staleness") or {}
+    if not isinstance(raw_staleness, dict):
+        problems.append("alerts field 'max_staleness' must map integration names to durations, e.g. {crm: 26h}")
+    else:
+        for name, value in raw_staleness.items():
+            try:
+                staleness[str(name)] = parse_duration(value)
+            except ValueError as exc:
+                problems.append(f"alerts field 'max_staleness' for integration {name!r}: {exc}")
+    rest = {k: v for k, v in raw.items() if k not in (*_ALERT_ENTRIES, "max_staleness")}
+    try:
+        alerts = Alerts.model_validate({**rest, **entries, "max_staleness": staleness})
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc, document, unset, prefix=("alerts",))
+        alerts = Alerts.model_validate({**entries, "max_staleness": staleness})
+    return _AlertsParsed(alerts, problems, invalid, rule_numbers)
+
+
 def _describe_location(loc: Iterable[Any], document: dict[str, Any]) -> str:
     """Turn ('integrations', 0, 's3_csv', 'schedule') into "integration 'crm' field 'schedule'"."""
     parts = list(loc)
+    if len(parts) >= 3 and parts[0] == "alerts" and parts[1] in _ALERT_ENTRIES and isinstance(parts[2], int):
+        section, index = parts[1], parts[2]
+        alerts = document.get("alerts") or {}
+        entries = alerts.get(section) or []
+        entry = entries[index] if index < len(entries) and isinstance(entries[index], dict) else {}
+        label = (
+            f"alerts destination {entry.get('name', f'#{index + 1}')!r}"
+            if section == "destinations"
+            else f"alerts rule #{index + 1}"
+        )
+        rest = [p for p in parts[3:] if p not in ("webhook", "email", "list[str]", "literal['all']")]
+        field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in rest).replace(".[", "[")
+        return f"{label} field {field!r}" if field else label
+    if parts and parts[0] == "alerts":
+        field = ".".join(str(p) for p in parts[1:])
+        return f"alerts field {field!r}" if field else "field 'alerts'"
     if len(parts) >= 2 and parts[0] in ("connections", "integrations", "reports") and isinstance(parts[1], int):
         section, index = parts[0], parts[1]
         entries = document.get(section) or []
@@ -487,9 +733,11 @@ def _pydantic_problems(
             hint = ": remove it or check its spelling (see docs/catalog.md)"
         elif error["type"] == "literal_error":
             hint = f" (got {error.get('input')!r})"
-        elif error["type"] == "string_pattern_mismatch":
+        elif error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == NAME_PATTERN:
             message = "must be lower-case letters, digits and underscores, starting with a letter"
             hint = f" (got {error.get('input')!r})"
+        elif error["type"] == "value_error":
+            message = str(error.get("ctx", {}).get("error", message))
         elif error["type"] == "union_tag_invalid":
             message = "has an unknown type"
             hint = f" (got {error.get('input', {}).get('type') if isinstance(error.get('input'), dict) else error.get('input')!r}): {error.get('ctx', {}).get('expected_tags', '')}"
@@ -532,6 +780,12 @@ def semantic_problems(catalog: Catalog) -> Iterable[str]:
                 yield f"{section} {name!r} is declared {count} times: names must be unique; rename one"
 
     from dagster._utils.schedules import is_valid_cron_string
+
+    if not is_valid_cron_string(catalog.warehouse.maintenance_schedule):
+        yield (
+            f"warehouse field 'maintenance_schedule' {catalog.warehouse.maintenance_schedule!r} is not a valid "
+            "cron expression: use five fields, minute hour day month weekday, e.g. '0 3 * * *' (UTC)"
+        )
 
     connections = {c.name: c for c in catalog.connections}
     reports = {r.name for r in catalog.reports}
@@ -635,3 +889,54 @@ def semantic_problems(catalog: Catalog) -> Iterable[str]:
             f"({catalog.max_attributes}): remove properties or raise max_attributes (at most 100)"
         )
 
+
+
+def alert_problems(
+    catalog: Catalog, rule_numbers: list[int] | None = None, invalid_destinations: Iterable[str] = ()
+) -> Iterable[str]:
+    """Cross-references of the alerts section: destinations, integrations, staleness.
+
+    `rule_numbers` are the rules' positions in the file and `invalid_destinations` the names of
+    destinations with problems of their own (both are left out of the catalog).
+    """
+    alerts = catalog.alerts
+    for name, count in Counter(d.name for d in alerts.destinations).items():
+        if count > 1:
+            yield f"alerts destination {name!r} is declared {count} times: names must be unique; rename one"
+    integrations = {i.name for i in catalog.integrations}
+    known_integrations = ", ".join(sorted(integrations)) or "none declared"
+    destinations = {d.name for d in alerts.destinations} | set(invalid_destinations)
+    known_destinations = ", ".join(sorted(destinations)) or "none declared"
+    numbers = rule_numbers or list(range(1, len(alerts.rules) + 1))
+    for number, rule in zip(numbers, alerts.rules, strict=True):
+        where = f"alerts rule #{number}"
+        for name in rule.notify:
+            if name not in destinations:
+                yield (
+                    f"{where} field 'notify' names unknown destination {name!r}: declare it under "
+                    f"alerts.destinations (known: {known_destinations})"
+                )
+        covered = integrations if rule.integrations == "all" else set(rule.integrations)
+        if rule.integrations != "all":
+            for name in rule.integrations:
+                if name not in integrations:
+                    yield (
+                        f"{where} field 'integrations' names unknown integration {name!r}: use 'all' or "
+                        f"integrations declared in the catalog (known: {known_integrations})"
+                    )
+        if "stale" in rule.when and not covered & set(alerts.max_staleness):
+            yield (
+                f"{where} alerts on 'stale', but none of its integrations has a max_staleness: add e.g. "
+                f"max_staleness: {{{next(iter(sorted(covered)), 'crm')}: 26h}} under alerts"
+            )
+        if rule.when == ["recovered"]:
+            yield (
+                f"{where} alerts only on 'recovered': a recovery is sent for a problem the same rule alerts "
+                "on; add failed, partial, check_failed or stale to its when"
+            )
+    for name in alerts.max_staleness:
+        if name not in integrations:
+            yield (
+                f"alerts field 'max_staleness' names unknown integration {name!r}: use integrations declared "
+                f"in the catalog (known: {known_integrations})"
+            )

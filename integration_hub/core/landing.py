@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .catalog import Catalog, Connection, LocalConnection, S3Connection
 from .s3_errors import S3_NOT_FOUND, explain_s3_error, s3_code
@@ -298,19 +298,22 @@ def download_config(size: int) -> TransferConfig:
     return TransferConfig(multipart_threshold=LARGE_PART, multipart_chunksize=part, max_concurrency=DOWNLOAD_STREAMS)
 
 
-def s3_client(connection: S3Connection):
-    """A boto3 client for a connection, built through dagster-aws."""
-    from dagster_aws.s3 import S3Resource
+def s3_client(connection: S3Connection) -> Any:
+    """A boto3 S3 client for a connection, with its connect/read timeouts and bounded retries."""
+    import boto3
 
-    resource = S3Resource(
+    from .timeouts import s3_config
+
+    # A session per client: boto3's default session is not safe to share between threads.
+    return boto3.session.Session().client(
+        "s3",
         region_name=connection.region,
         endpoint_url=connection.endpoint_url,
         aws_access_key_id=connection.access_key_id,
         aws_secret_access_key=connection.secret_access_key.get_secret_value() if connection.secret_access_key else None,
         aws_session_token=connection.session_token.get_secret_value() if connection.session_token else None,
-        max_attempts=5,
+        config=s3_config(connection),
     )
-    return resource.get_client()
 
 
 def landing_store(catalog: Catalog, connection: Connection) -> LandingStore:

@@ -52,8 +52,13 @@ def explain_s3_error(
     endpoint: str,
     region: str | None,
     permission: str,
+    limits: str = "",
 ) -> tuple[str, str | None]:
-    """Map a botocore exception to a one-line, secret-free message and the service's error code."""
+    """Map a botocore exception to a one-line, secret-free message and the service's error code.
+
+    `limits` (e.g. "3 attempts, connect timeout 10 s, read timeout 60 s") says what a call that
+    could not reach the endpoint gave up after.
+    """
     from botocore.exceptions import (
         ClientError,
         ConnectionClosedError,
@@ -66,15 +71,16 @@ def explain_s3_error(
     )
 
     what = f"Could not {action} {target}"
+    gave_up = f" (gave up after {limits})" if limits else ""
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError)):
         return (
-            f"{what}: the S3 endpoint {endpoint} is unreachable; check `endpoint_url`/region, DNS, "
+            f"{what}: the S3 endpoint {endpoint} is unreachable{gave_up}; check `endpoint_url`/region, DNS, "
             "firewall and proxy settings.",
             "EndpointUnreachable",
         )
     if isinstance(exc, (ReadTimeoutError, ConnectionClosedError)):
         return (
-            f"{what}: the connection to {endpoint} timed out or was dropped; retry, and check the network.",
+            f"{what}: the connection to {endpoint} timed out or was dropped{gave_up}; retry, and check the network.",
             "ConnectionDropped",
         )
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):

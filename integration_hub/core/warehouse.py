@@ -231,6 +231,13 @@ def prepare_lake(lake: Lake) -> None:
 def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:
     try:
         con.execute(lake.attach_sql(read_only=read_only))
+        con.execute(f"USE {LAKE}")
+    except duckdb.OutOfMemoryException:
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        raise LakeError(
+            f"DuckDB needed more than its memory_limit of {limit} to open the warehouse {lake.catalog_path}: "
+            f"set ${MEMORY_LIMIT_ENV} higher (e.g. 4GB) and run again"
+        ) from None
     except duckdb.Error as exc:
         reason = str(exc).splitlines()[0]
         fix = (
@@ -238,7 +245,6 @@ def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:
             if "does not match existing data path" in reason else ""
         )
         raise LakeError(f"cannot open the warehouse {lake.catalog_path}: {reason}{fix}") from None
-    con.execute(f"USE {LAKE}")
 
 
 def _lake_of(where: Catalog | Lake) -> Lake:
@@ -482,7 +488,21 @@ def _schema_is_current(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> bool
     view = con.execute(
         "SELECT sql FROM duckdb_views() WHERE database_name = current_database() AND view_name = 'user_profiles'"
     ).fetchone()
-    return view is not None and user_profiles_sql(catalog) in view[0]
+    return view is not None and _view_query(view[0]) == _rendered_query(con, user_profiles_sql(catalog))
+
+
+def _view_query(create_view: str) -> str:
+    return create_view.split(" AS ", 1)[1]
+
+
+def _rendered_query(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """A query as DuckDB stores it in a view (re-rendered: quotes, parentheses), to compare with one."""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _wanted_view AS {sql}")
+    try:
+        stored = con.execute("SELECT sql FROM duckdb_views() WHERE temporary AND view_name = '_wanted_view'").fetchone()
+    finally:
+        con.execute("DROP VIEW IF EXISTS temp.main._wanted_view")
+    return _view_query(stored[0])
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:

@@ -15,16 +15,13 @@ from ..reports.factory import ReportError, validate_report_sql
 from .export import ExportError, build_sink, folder_url, plan_export
 from .sinks import SinkError
 
-# `check` should answer in seconds: a few retries, not the SDK's patient defaults.
-CHECK_AZURE_CLIENT = {"retry_total": 2, "connection_timeout": 10}
-
 
 def check_file_export(catalog: Catalog, integration: FileExportIntegration) -> list[CheckOutcome]:
     """Write and delete a marker object in the export's connection; then the report's SQL."""
     name = integration.name
     try:
         plan = plan_export(integration, now_utc())
-        sink = build_sink(catalog, integration.connection, **CHECK_AZURE_CLIENT)
+        sink = build_sink(catalog, integration.connection, for_check=True)
         where = folder_url(sink, "")
         sink.check_write_permission()  # type: ignore[attr-defined]
     except (SinkError, ExportError) as exc:
@@ -63,13 +60,14 @@ def _report_problem(catalog: Catalog, integration: FileExportIntegration) -> str
 
 def dry_run_file_export(catalog: Catalog, integration: FileExportIntegration, args: argparse.Namespace) -> int:
     """Print the report's row count and the file a run would write; writes nothing."""
+    from ..cli.output import CommandError
+
     try:
         plan = plan_export(integration, now_utc())
-        sink = build_sink(catalog, integration.connection, **CHECK_AZURE_CLIENT)
+        sink = build_sink(catalog, integration.connection, for_check=True)
         url = sink.url(plan.key)
     except (SinkError, ExportError) as exc:
-        print(f"{integration.name}: {exc}")
-        return 1
+        raise CommandError(f"{integration.name}: {exc}") from None
     report = catalog.report(integration.report)
     with open_reader(catalog) as con:
         if con is None:
@@ -80,18 +78,19 @@ def dry_run_file_export(catalog: Catalog, integration: FileExportIntegration, ar
                 rows = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
                 rows_text = f"{rows:,}"
             except (ReportError, duckdb.Error) as exc:
-                print(f"{integration.name}: report {report.name!r} does not run: {str(exc).splitlines()[0]}")
-                return 1
+                raise CommandError(
+                    f"{integration.name}: report {report.name!r} does not run: {str(exc).splitlines()[0]}"
+                ) from None
     print(f"report {report.name}: {rows_text} rows")
     print(f"would write {url}{' (gzip)' if integration.compression else ''}")
     try:
         exists = sink.exists(plan.key)
     except SinkError as exc:
-        print(f"cannot check the target: {exc}")
-        return 1
+        raise CommandError(f"cannot check the target: {exc}") from None
     if exists and not integration.overwrite:
-        print("that file already exists: a run now would fail (set `overwrite: true` or change `file_name`)")
-        return 1
+        raise CommandError(
+            f"{url} already exists: a run now would fail (set `overwrite: true` or change `file_name`)"
+        )
     if exists:
         print("that file already exists and would be replaced (overwrite: true)")
     return 0

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import duckdb
 
+from ..core import timeouts
 from ..core.catalog import AzureBlobConnection, Catalog, FileExportIntegration, S3Connection
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.sql import ident, literal
@@ -127,14 +128,23 @@ def plan_export(integration: FileExportIntegration, run_start: datetime) -> Expo
 # ---------------------------------------------------------------------------- sinks
 
 
-def build_sink(catalog: Catalog, connection_name: str, **azure_client_kwargs: Any) -> FileSink:
-    """The sink of an `s3` or `azure_blob` connection (credentials from the catalog's ${ENV})."""
+def build_sink(catalog: Catalog, connection_name: str, *, for_check: bool = False) -> FileSink:
+    """The sink of an `s3` or `azure_blob` connection (credentials from the catalog's ${ENV}).
+
+    Its client has the connection's timeouts and retries (core/timeouts.py); `for_check` the
+    shorter ones of `check` and `run --dry-run`.
+    """
     connection = catalog.connection(connection_name)
     if isinstance(connection, S3Connection):
         from ..core.landing import s3_client
 
-        return S3Sink(s3_client(connection), connection.bucket, connection.prefix, max_concurrency=UPLOAD_CONCURRENCY)
+        if for_check:
+            connection = timeouts.for_check(connection)
+        return S3Sink(s3_client(connection), connection.bucket, connection.prefix, max_concurrency=UPLOAD_CONCURRENCY,
+                      limits=timeouts.limits_text(connection))
     if isinstance(connection, AzureBlobConnection):
+        if for_check:
+            connection = timeouts.for_check(connection)
         secret = connection.connection_string.get_secret_value() if connection.connection_string else None
         credential = connection.credential.get_secret_value() if connection.credential else None
         return AzureBlobSink.from_settings(
@@ -144,7 +154,8 @@ def build_sink(catalog: Catalog, connection_name: str, **azure_client_kwargs: An
             account_url=connection.account_url,
             credential=credential,
             max_concurrency=UPLOAD_CONCURRENCY,
-            **azure_client_kwargs,
+            limits=timeouts.limits_text(connection),
+            **timeouts.azure_client_settings(connection),
         )
     raise ExportError(
         f"connection {connection_name!r} is a {connection.type} connection: file exports write to s3 or azure_blob"

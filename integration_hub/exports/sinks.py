@@ -60,6 +60,9 @@ S3_MIN_PART_SIZE = 5 * MiB
 S3_MAX_PARTS = 10_000
 AZURE_MAX_BLOCKS = 50_000
 WRITE_TEST_MARKER = ".integration_hub_write_test-"
+# HEAD answers carry no body: botocore then knows only the status.
+S3_BARE_FORBIDDEN = {"403", "Forbidden"}
+EXISTS_PERMISSION = "s3:GetObject and s3:ListBucket (needed unless `overwrite: true`)"
 
 
 class SinkError(Exception):
@@ -302,10 +305,12 @@ class S3Sink:
         *,
         part_size: int = DEFAULT_PART_SIZE,
         max_concurrency: int = 1,
+        limits: str = "",
     ) -> None:
         if part_size < S3_MIN_PART_SIZE:
             raise ValueError(f"S3 part_size must be at least {S3_MIN_PART_SIZE} bytes")
         self.client = client
+        self.limits = limits  # the client's timeouts and retries, named when it gives up
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_size = part_size
@@ -378,15 +383,32 @@ class S3Sink:
         try:
             self.client.head_object(Bucket=self.bucket, Key=full_key)
         except ClientError as exc:
-            if s3_code(exc) in S3_NOT_FOUND:
+            code = s3_code(exc)
+            if code in S3_NOT_FOUND:
                 return False
-            # Without s3:ListBucket, S3 answers 403 (not 404) for a missing key.
-            raise self._error(
-                exc,
-                "check whether an object exists at",
-                full_key,
-                "s3:GetObject and s3:ListBucket (needed unless `overwrite: true`)",
-            ) from exc
+            if code in S3_BARE_FORBIDDEN:
+                # A HEAD answer has no body, so a 403 does not say whether the signature (wrong
+                # secret or key id) or a permission was refused: ask with a GET, whose error names it.
+                return self._exists_by_get(full_key)
+            raise self._error(exc, "check whether an object exists at", full_key, EXISTS_PERMISSION) from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, "check whether an object exists at", full_key, "s3:GetObject") from exc
+        return True
+
+    def _exists_by_get(self, full_key: str) -> bool:
+        """Existence by a one-byte GET: its error body has S3's code (SignatureDoesNotMatch, AccessDenied, ...)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.get_object(Bucket=self.bucket, Key=full_key, Range="bytes=0-0")["Body"].close()
+        except ClientError as exc:
+            code = s3_code(exc)
+            if code in S3_NOT_FOUND:
+                return False
+            if code == "InvalidRange":  # an empty object: it exists
+                return True
+            # Without s3:ListBucket, S3 answers AccessDenied (not NoSuchKey) for a missing key.
+            raise self._error(exc, "check whether an object exists at", full_key, EXISTS_PERMISSION) from exc
         except BotoCoreError as exc:
             raise self._error(exc, "check whether an object exists at", full_key, "s3:GetObject") from exc
         return True
@@ -450,6 +472,7 @@ class S3Sink:
             endpoint=self._endpoint,
             region=getattr(self.client.meta, "region_name", None),
             permission=permission,
+            limits=self.limits,
         )
 
 
@@ -569,10 +592,12 @@ class AzureBlobSink:
         *,
         part_size: int = DEFAULT_PART_SIZE,
         max_concurrency: int = 1,
+        limits: str = "",
     ) -> None:
         if part_size <= 0:
             raise ValueError("part_size must be positive")
         self.container_client = container_client
+        self.limits = limits  # the client's timeouts and retries, named when it gives up
         self.prefix = prefix.strip("/")
         self.part_size = part_size
         self.max_concurrency = max_concurrency  # block uploads in flight at once
@@ -586,11 +611,13 @@ class AzureBlobSink:
         account_url: str | None = None,
         credential: str | None = None,
         max_concurrency: int = 1,
+        limits: str = "",
         **client_kwargs: Any,
     ) -> AzureBlobSink:
         """Build from a connection string (incl. Azurite's) or an account URL + key/SAS credential.
 
-        ``client_kwargs`` are passed to the ``ContainerClient`` (e.g. ``retry_total``).
+        ``client_kwargs`` are passed to the ``ContainerClient`` (timeouts, ``retry_policy``: see
+        core/timeouts.py); ``limits`` describes them for messages.
         """
         from azure.storage.blob import ContainerClient
 
@@ -623,7 +650,7 @@ class AzureBlobSink:
                 "Azure Blob destination needs `connection_string` or `account_url` (+ `credential`).",
                 code="MissingSettings",
             )
-        return cls(client, prefix, max_concurrency=max_concurrency)
+        return cls(client, prefix, max_concurrency=max_concurrency, limits=limits)
 
     def __repr__(self) -> str:
         return f"AzureBlobSink(container={self.container_name!r}, prefix={self.prefix!r})"
@@ -674,8 +701,30 @@ class AzureBlobSink:
         return _strip_query(str(self.container_client.primary_endpoint)).rsplit("/", 1)[0]
 
     def _exists_full(self, name: str) -> bool:
+        """Whether the blob exists; a missing container is an error (the SDK's ``exists`` says False)."""
+        return self._probe(name, need_read=True) is True  # with need_read, never None
+
+    def _probe(self, name: str, *, need_read: bool) -> bool | None:
+        """Blob properties (a HEAD): True/False for exists, None when reading is not permitted.
+
+        Raises for a missing container and rejected credentials, so a run fails before it
+        streams anything; a missing read permission raises only when ``need_read``.
+        """
+        from azure.core.exceptions import AzureError, HttpResponseError
+
         blob = self.container_client.get_blob_client(name)
-        return bool(self._call(blob.exists, "check whether a blob exists at", name, "read (r)"))
+        try:
+            blob.get_blob_properties()
+            return True
+        except HttpResponseError as exc:
+            code = _azure_code(exc)
+            if code == "BlobNotFound" or (exc.status_code == 404 and code != "ContainerNotFound"):
+                return False
+            if not need_read and exc.status_code == 403 and not _credentials_rejected(exc):
+                return None  # a write-only SAS: the upload itself will tell
+            raise self._error(exc, "check whether a blob exists at", name, "read (r)") from exc
+        except AzureError as exc:
+            raise self._error(exc, "check whether a blob exists at", name, "read (r)") from exc
 
     def _call(self, fn: Callable[[], Any], action: str, name: str, permission: str) -> Any:
         from azure.core.exceptions import AzureError
@@ -693,34 +742,52 @@ class AzureBlobSink:
             container=self.container_name,
             account=self._account,
             permission=permission,
+            limits=self.limits,
         )
 
 
+def _azure_code(exc: BaseException) -> str:
+    raw_code = getattr(exc, "error_code", None) or ""
+    return str(getattr(raw_code, "value", raw_code))  # the SDK sometimes returns a StorageErrorCode enum
+
+
+def _azure_reason(exc: BaseException) -> str:
+    return str(getattr(exc, "message", None) or getattr(exc, "reason", None) or "")
+
+
+def _credentials_rejected(exc: BaseException) -> bool:
+    """The account key / SAS was refused (not a missing permission)."""
+    code = _azure_code(exc)
+    # Azurite reports a bad signature as AuthorizationFailure with this text.
+    bad_signature = code in _AZ_FORBIDDEN and "failed to authenticate" in _azure_reason(exc).lower()
+    return code in _AZ_AUTH_FAILED or bad_signature
+
+
 def _azure_error(
-    exc: BaseException, *, action: str, target: str, container: str, account: str, permission: str
+    exc: BaseException, *, action: str, target: str, container: str, account: str, permission: str, limits: str = ""
 ) -> SinkError:
     """Map an azure-core exception to a one-line, secret-free :class:`SinkError`."""
     from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
     what = f"Could not {action} {target}"
+    gave_up = f" (gave up after {limits})" if limits else ""
     if isinstance(exc, ServiceRequestError):
         return SinkError(
-            f"{what}: the Azure Blob endpoint {account} is unreachable; check `account_url`/BlobEndpoint, "
+            f"{what}: the Azure Blob endpoint {account} is unreachable{gave_up}; check `account_url`/BlobEndpoint, "
             "DNS, firewall and proxy settings.",
             code="EndpointUnreachable",
         )
     if isinstance(exc, ServiceResponseError):
         return SinkError(
-            f"{what}: the connection to {account} timed out or was dropped; retry, and check the network.",
+            f"{what}: the connection to {account} timed out or was dropped{gave_up}; retry, and check the network.",
             code="ConnectionDropped",
         )
     if not isinstance(exc, HttpResponseError):
         return SinkError(f"{what}: {type(exc).__name__}: {scrub(str(exc.args[0]) if exc.args else '')}")
 
-    raw_code = getattr(exc, "error_code", None) or ""
-    code = str(getattr(raw_code, "value", raw_code))  # the SDK sometimes returns a StorageErrorCode enum
+    code = _azure_code(exc)
     status = getattr(exc, "status_code", None)
-    reason = str(getattr(exc, "message", None) or getattr(exc, "reason", None) or "")
+    reason = _azure_reason(exc)
     if status is None and type(exc).__name__ == "AzureSigningError":
         # Raised before sending anything, e.g. the account key is not valid base64.
         return SinkError(
@@ -731,12 +798,10 @@ def _azure_error(
     if code == "ContainerNotFound":
         return SinkError(
             f"{what}: container '{container}' does not exist in {account}; create it or fix `container` "
-            "in the destination settings.",
+            "on the connection.",
             code=code,
         )
-    # Azurite reports a bad signature as AuthorizationFailure with this text.
-    bad_signature = code in _AZ_FORBIDDEN and "failed to authenticate" in reason.lower()
-    if code in _AZ_AUTH_FAILED or bad_signature:
+    if _credentials_rejected(exc):
         return SinkError(
             f"{what}: Azure rejected the credentials for {account}; check the account key / SAS token in the "
             "connection string or `credential` (wrong key, expired SAS, or clock skew).",
@@ -781,7 +846,10 @@ class _AzureWriter(_StreamingWriter[str]):
         self._block_prefix = uuid.uuid4().hex
 
     def _check_target(self) -> None:
-        if not self._overwrite and self._sink._exists_full(self._name):
+        # Always ask (a HEAD), also with overwrite: a missing container or rejected credentials
+        # then fail the run before DuckDB writes anything, not at the first block upload.
+        exists = self._sink._probe(self._name, need_read=not self._overwrite)
+        if exists and not self._overwrite:
             raise FileExistsError(_exists_message(self._url))
 
     def _final(self, fn: Callable[[], Any]) -> None:

@@ -94,4 +94,8 @@ def dry_run_csv_integration(catalog: Catalog, integration: CsvIntegration, args:
         problem = _header_problem(store, integration, file)
         problems += problem is not None
         print(f"would process {file.key} ({file.size:,} bytes): {problem or 'header ok'}")
-    return 1 if problems else 0
+    if problems:
+        from ..cli.output import CommandError
+
+        raise CommandError(f"{problems} of {len(pending)} file(s) would fail: fix them before the run")
+    return 0

@@ -74,15 +74,16 @@ def jwt_audience(connection: SalesforceConnection) -> str:
 
 
 class SalesforceSession(requests.Session):
-    """A requests session with a default timeout on every call and an explicit CA bundle.
+    """A requests session with a default (connect, read) timeout on every call and an explicit CA bundle.
 
     simple-salesforce sets no timeout at all, so a hung connection would hang a run forever.
     `verify` is passed per request when a CA bundle is configured, because requests lets
-    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's own `verify`. Connection failures
-    (the request never left) are retried by urllib3; everything else by the client's own loop.
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's own `verify`. urllib3 retries
+    nothing: the client's call loop and the OAuth requests retry with backoff themselves, and
+    retrying at both levels would multiply how long an unreachable org takes to fail.
     """
 
-    def __init__(self, timeout: float, ca_bundle: str | None = None, connect_retries: int = 3) -> None:
+    def __init__(self, timeout: float | tuple[float, float], ca_bundle: str | None = None, connect_retries: int = 0) -> None:
         super().__init__()
         self.default_timeout = timeout
         self.ca_bundle = ca_bundle
@@ -113,7 +114,8 @@ def ca_bundle_path(catalog: Catalog, connection: SalesforceConnection) -> str | 
 
 
 def build_session(catalog: Catalog, connection: SalesforceConnection) -> SalesforceSession:
-    return SalesforceSession(connection.timeout_seconds, ca_bundle_path(catalog, connection))
+    timeout = (min(connection.connect_timeout_seconds, connection.timeout_seconds), connection.timeout_seconds)
+    return SalesforceSession(timeout, ca_bundle_path(catalog, connection))
 
 
 # ---------------------------------------------------------------------------- token store

@@ -50,6 +50,7 @@ def check_salesforce(catalog: Catalog, integration: SalesforceIntegration) -> li
     assert isinstance(connection, SalesforceConnection)
     # `check` should answer in seconds: one retry and a short timeout, not a run's patience.
     quick = connection.model_copy(update={"max_retries": min(connection.max_retries, 1),
+                                          "connect_timeout_seconds": min(connection.connect_timeout_seconds, 5.0),
                                           "timeout_seconds": min(connection.timeout_seconds, 20.0)})
     try:
         client = SalesforceClient(catalog, quick)
@@ -91,17 +92,17 @@ def _print_rows(title: str, rows: list[dict[str, Any]], total: int) -> None:
 
 def dry_run_salesforce(catalog: Catalog, integration: SalesforceIntegration, args: argparse.Namespace) -> int:
     """Print what a run would update, and what is unmatched, ambiguous and invalid; sends and writes nothing."""
+    from ..cli.output import CommandError
+
     full = bool(getattr(args, "full_resync", False))
     with open_reader(catalog) as con:
         if con is None:
-            print(f"{integration.name}: the warehouse {catalog.warehouse_catalog_path} does not exist yet; run an inbound "
-                  "integration first")
-            return 1
+            raise CommandError(f"{integration.name}: the warehouse {catalog.warehouse_catalog_path} does not exist yet; run "
+                               "an inbound integration first")
         try:
             result = run_sync(con, catalog, integration, dry_run=True, full_resync=full)
         except SyncError as exc:
-            print(f"{integration.name}: {exc}")
-            return 1
+            raise CommandError(f"{integration.name}: {exc}") from None
     c = result.counts
     print(
         f"report {result.report} -> Salesforce {result.object} at {result.instance_url} "

@@ -83,6 +83,8 @@ def describe_failure(exc: BaseException) -> tuple[str, int | None, str | None, b
     """(message, status, code, retryable) of a failed call, without URLs, payloads or tokens."""
     from simple_salesforce.exceptions import SalesforceError
 
+    if isinstance(exc, requests.ConnectTimeout):
+        return "cannot connect to Salesforce within connect_timeout_seconds (network or firewall)", None, "TIMEOUT", True
     if isinstance(exc, requests.Timeout):
         return "Salesforce did not answer in time (timeout_seconds)", None, "TIMEOUT", True
     if isinstance(exc, requests.ConnectionError):

@@ -1,0 +1,1 @@
+"""Alerts on failed, partial, stale and failing-check integrations (see docs/operations.md)."""
