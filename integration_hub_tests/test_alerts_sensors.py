@@ -195,7 +195,7 @@ def test_failed_run_alerts_and_the_next_good_run_recovers(
     assert len(texts) == 2
     assert texts[0].startswith(":red_circle: *integration_hub: crm failed*")
     assert f"*Dagster run:* {failed.run_id}" in texts[0]
-    assert f"*Message:* {local_landing.root}/landing/crm/broken.csv: missing user id column" in texts[0]
+    assert f"*Message:* {local_landing.root}/landing/crm/broken.csv: missing user id column" in texts[0], texts[0]
     assert texts[0].endswith(f"<https://dagster.acme.com/runs/{failed.run_id}|Open in Dagster>")
     assert texts[1].startswith(":large_green_circle: *integration_hub: crm recovered*")
     assert f"ended success after the failed run {failed.run_id.split('-')[0]}" in texts[1]

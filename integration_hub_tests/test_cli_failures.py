@@ -82,7 +82,7 @@ def test_s3_csv_run_whose_only_file_failed(tmp_path: Path, capfd: pytest.Capture
     landing.write_catalog()
     landing.put("crm/empty.csv", b"")
     line = one_line_failure(capfd, str(landing.catalog_path), "crm")
-    assert "empty.csv: the file is empty (0 bytes)" in line
+    assert "crm/empty.csv is empty (0 bytes)" in line
 
 
 def test_api_run_that_cannot_read_its_batches(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

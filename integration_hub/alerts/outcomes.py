@@ -70,7 +70,8 @@ def _rows_by_run(catalog: Catalog, run_ids: Sequence[str]) -> dict[str, _Rows]:
             return {}
         rows = con.execute(
             "SELECT dagster_run_id, list(status ORDER BY started_at), sum(rows_read), sum(rows_applied), "
-            "sum(rows_rejected), list(source || ': ' || message ORDER BY started_at) FILTER "
+            "sum(rows_rejected), list(CASE WHEN starts_with(message, source) THEN message "
+            "ELSE source || ': ' || message END ORDER BY started_at) FILTER "
             "(status IN ('failed', 'partial') AND coalesce(message, '') <> '') "
             "FROM integration_runs WHERE dagster_run_id IN (SELECT unnest(?)) GROUP BY dagster_run_id",
             [list(run_ids)],

@@ -38,8 +38,14 @@ class RunOutcome:
         return self.outcome in ("success", "skipped")
 
 
+def _described(run: RunRecord) -> str:
+    """The source's message, naming the source once (most messages already start with it)."""
+    message = run.message or run.status
+    return message if message.startswith(run.source) else f"{run.source}: {message}"
+
+
 def _listed(runs: Sequence[RunRecord]) -> str:
-    shown = "; ".join(f"{r.source}: {r.message or r.status}" for r in runs[:LISTED_SOURCES])
+    shown = "; ".join(_described(r) for r in runs[:LISTED_SOURCES])
     more = len(runs) - LISTED_SOURCES
     return shown + (f"; and {more} more (see `integration-hub logs`)" if more > 0 else "")
 
@@ -62,8 +68,10 @@ def run_outcome(runs: Sequence[RunRecord]) -> RunOutcome:
     failed = [r for r in runs if r.status == "failed"]
     partial = [r for r in runs if r.status == "partial"]
     applied = [r for r in runs if r.status in ("success", "partial")]
+    if outcome == "failed" and len(runs) == 1:
+        return RunOutcome("failed", f"{_described(runs[0])} (nothing applied: the run's only source failed)")
     if outcome == "failed":
-        what = "the only source" if len(runs) == 1 else f"all {len(failed)} sources" if len(failed) == len(runs) else (
+        what = f"all {len(failed)} sources" if len(failed) == len(runs) else (
             f"{len(failed)} of {len(runs)} sources (the others were already applied)"
         )
         return RunOutcome("failed", f"nothing applied: {what} failed. {_listed(failed)}")

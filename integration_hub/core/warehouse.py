@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -185,16 +186,28 @@ def _check_catalog_file(path: Path) -> None:
         )
     if not header:
         return  # an empty file: DuckLake initializes it
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error as exc:
-        raise LakeError(f"the warehouse catalog {path} cannot be read ({exc}): check the file and its permissions") from None
+    tables = _catalog_tables(path)
     if tables and "ducklake_metadata" not in tables:
         raise LakeError(
             f"the warehouse catalog {path} is a SQLite database but not a DuckLake catalog: "
             "point warehouse.catalog at a new file (it is created on first use)"
         )
+
+
+def _catalog_tables(path: Path, attempts: int = 5) -> set[str]:
+    """The table names in a SQLite file, read a few times over: this second SQLite client can read
+    a torn page ("malformed") while DuckDB's own SQLite commits, which says nothing about the file."""
+    for attempt in range(attempts):
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+                return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            if attempt == attempts - 1:
+                raise LakeError(
+                    f"the warehouse catalog {path} cannot be read ({exc}): check the file and its permissions"
+                ) from None
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def prepare_lake(lake: Lake) -> None:
@@ -218,7 +231,7 @@ def prepare_lake(lake: Lake) -> None:
         )
     try:
         lake.data_path.mkdir(exist_ok=True)
-        probe = lake.data_path / f".write-test-{os.getpid()}"
+        probe = lake.data_path / f".write-test-{os.getpid()}-{threading.get_ident()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -258,10 +271,15 @@ def open_reader(where: Catalog | Lake, timeout: float = 30.0) -> Iterator[duckdb
     if not lake.exists:
         yield None
         return
-    _check_catalog_file(lake.catalog_path)
     con = new_connection(memory_limit=os.environ.get(MEMORY_LIMIT_ENV) or READER_MEMORY_LIMIT)
     try:
-        attach(con, lake, read_only=True)
+        try:
+            attach(con, lake, read_only=True)
+        except LakeError:
+            # Only now look inside the file for a better reason: a second SQLite client reading
+            # the catalog while a writer commits can see a torn page and fail a healthy lake.
+            _check_catalog_file(lake.catalog_path)
+            raise
         yield con
     finally:
         con.close()

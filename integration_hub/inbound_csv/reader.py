@@ -239,11 +239,11 @@ def map_columns(header: list[str], integration: CsvIntegration, where: str) -> t
                 "the whole header was read as one column, so the delimiter was not recognised: "
                 "set `delimiter:` on the integration (e.g. ';' or '|')"
             )
-        what = "user id column" if missing[0] == integration.user_id_column else "mapped column"
-        raise CsvFileError(
-            f"{where}: missing {what}{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}; "
-            f"the file has columns: {found}; {hint}"
-        )
+        mapped = [m for m in missing if m != integration.user_id_column]
+        what = [f"user id column {integration.user_id_column!r}"] if len(mapped) < len(missing) else []
+        if mapped:
+            what.append(f"mapped column{'s' if len(mapped) > 1 else ''} {', '.join(repr(m) for m in mapped)}")
+        raise CsvFileError(f"{where}: missing {' and '.join(what)}; the file has columns: {found}; {hint}")
     if ambiguous:
         raise CsvFileError(
             f"the header of {where} has {'; '.join(ambiguous)} (names match ignoring case and surrounding spaces): "
