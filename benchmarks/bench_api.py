@@ -47,7 +47,7 @@ TARGET_ACK_TO_QUERYABLE_S = 60.0
 BATCH_RECORDS = 500
 
 CATALOG = """\
-warehouse: data/warehouse.duckdb
+warehouse: {catalog: data/catalog.sqlite, data_path: data/lake/}
 landing: data/api_landing
 integrations:
   - name: bench_events
@@ -110,7 +110,7 @@ def prepare(work: Path) -> Setup:
 
     if work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    (work / "data").mkdir(parents=True)
     catalog_path = work / "integrations.yaml"
     catalog_path.write_text(CATALOG)
     catalog = load_catalog(catalog_path)
@@ -120,7 +120,7 @@ def prepare(work: Path) -> Setup:
         "INTEGRATION_HUB_CATALOG": str(catalog_path),
     }
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
-    ensure_dagster_home(catalog)  # our dagster.yaml: the DuckDB writer pool of 1
+    ensure_dagster_home(catalog)  # our dagster.yaml: one run at a time per integration
     store = TokenStore(catalog.landing_path)
     setup = Setup(
         work, catalog_path, store.create_bearer("bench"), store.issue_integration_token("bench_events"), env
@@ -342,30 +342,34 @@ class FsyncProbe(threading.Thread):
 # ---------------------------------------------------------------------------- 3. ack-to-queryable
 
 
-def _visible(database: Path, user_ids: list[str]) -> set[str]:
-    """The given users present in user_profiles; empty while a run holds the warehouse."""
+READ_ERRORS: list[str] = []  # reads of the lake that failed (reported at the end; a reader should not fail)
+
+
+def _visible(catalog: Path, user_ids: list[str]) -> set[str]:
+    """The given users present in user_profiles (the lake's last snapshot); empty before the first run."""
     import duckdb
 
-    if not database.exists():
-        return set()
+    from integration_hub.core.catalog import load_catalog
+    from integration_hub.core.warehouse import WarehouseError, open_reader
+
     try:
-        con = duckdb.connect(str(database), read_only=True)
-    except duckdb.Error:
-        return set()  # the writer holds the file: not queryable yet
-    try:
-        rows = con.execute(
-            "SELECT user_id FROM user_profiles WHERE user_id IN (SELECT unnest(?))", [user_ids]
-        ).fetchall()
-        return {r[0] for r in rows}
-    except duckdb.Error:
+        with open_reader(load_catalog(catalog)) as con:
+            if con is None:
+                return set()
+            try:
+                rows = con.execute(
+                    "SELECT user_id FROM user_profiles WHERE user_id IN (SELECT unnest(?))", [user_ids]
+                ).fetchall()
+            except duckdb.CatalogException:
+                return set()  # the first run has not created the view yet
+            return {r[0] for r in rows}
+    except (WarehouseError, duckdb.Error) as exc:
+        READ_ERRORS.append(str(exc).splitlines()[0])
         return set()
-    finally:
-        con.close()
 
 
 def ack_to_queryable(url: str, setup: Setup, probes: int, tracked: dict[str, float], timeout: float) -> dict:
     """Send probes a few seconds apart; wait until every tracked and probe user is queryable."""
-    database = setup.work / "data" / "warehouse.duckdb"
     headers = {"Authorization": f"Bearer {setup.bearer}", "Content-Type": "application/json"}
     waiting = dict(tracked)  # user id -> time of its 202
     seen: dict[str, float] = {}
@@ -386,7 +390,7 @@ def ack_to_queryable(url: str, setup: Setup, probes: int, tracked: dict[str, flo
                 waiting[user] = time.time()
                 probe_ids.append(user)
             next_probe = now + random.uniform(2.0, 6.0)
-        for user in _visible(database, list(waiting)):
+        for user in _visible(setup.catalog, list(waiting)):
             seen[user] = time.time() - waiting.pop(user)
         time.sleep(0.25)
     probe_delays = sorted(seen[p] for p in probe_ids if p in seen)
@@ -497,6 +501,8 @@ def main(argv: list[str]) -> int:
         )
         acknowledged = bulk["requests"] - bulk["errors"] + sum(r["answered_202"] for r in rounds)
         print(f"     {applied_summary(setup, acknowledged)}", flush=True)
+        if READ_ERRORS:
+            print(f"     reads of the lake that failed meanwhile: {len(READ_ERRORS)}, e.g. {READ_ERRORS[0]}", flush=True)
         return 0
     finally:
         setup.stop()
@@ -516,26 +522,28 @@ def drain(setup: Setup, timeout: float) -> str:
 
 
 def applied_summary(setup: Setup, acknowledged: int) -> str:
-    """What the Dagster runs applied, read back from the warehouse (a sanity check)."""
+    """What the Dagster runs applied, read back from the lake (a sanity check)."""
     import duckdb
 
-    deadline = time.time() + 30
-    while True:
+    from integration_hub.core.catalog import load_catalog
+    from integration_hub.core.warehouse import WarehouseError, open_reader
+
+    for attempt in range(3):
         try:
-            con = duckdb.connect(str(setup.work / "data" / "warehouse.duckdb"), read_only=True)
+            with open_reader(load_catalog(setup.catalog)) as con:
+                if con is None:
+                    return "nothing applied: the lake was never created"
+                runs, batches = con.execute(
+                    "SELECT count(*), coalesce(sum(json_array_length(details->'batches')), 0) FROM integration_runs "
+                    "WHERE kind = 'api'"
+                ).fetchone()
+                users = con.execute("SELECT count(*) FROM user_profiles").fetchone()[0]
             break
-        except duckdb.Error:
-            if time.time() > deadline:
-                return "warehouse busy: no summary"
-            time.sleep(0.5)
-    try:
-        runs, batches = con.execute(
-            "SELECT count(*), coalesce(sum(json_array_length(details->'batches')), 0) FROM integration_runs "
-            "WHERE kind = 'api'"
-        ).fetchone()
-        users = con.execute("SELECT count(*) FROM user_profiles").fetchone()[0]
-    finally:
-        con.close()
+        except (WarehouseError, duckdb.Error) as exc:
+            READ_ERRORS.append(str(exc).splitlines()[0])
+            if attempt == 2:
+                return f"no summary: the lake could not be read ({READ_ERRORS[-1]})"
+            time.sleep(1)
     return (
         f"applied so far by {runs} transaction(s): {batches} of the {acknowledged} acknowledged load batches "
         f"(+ probes), {users:,} distinct users in user_profiles"

@@ -36,6 +36,8 @@ from common import (  # noqa: E402 - after the path tweak, so `python benchmarks
     fmt_mb,
     fmt_rate,
     fmt_seconds,
+    folder_bytes,
+    lake_settings,
     measure,
     moto_server,
     print_table,
@@ -106,7 +108,7 @@ FROM range({rows}) t(i)
 # ---------------------------------------------------------------------------- setup
 
 
-def write_catalog(path: Path, warehouse: Path, moto_endpoint: str | None, azure: bool) -> None:
+def write_catalog(path: Path, moto_endpoint: str | None, azure: bool) -> None:
     import yaml
 
     connections: list[dict[str, Any]] = [{"name": "landing", "type": "local", "path": str(path.parent / "landing")}]
@@ -141,7 +143,7 @@ def write_catalog(path: Path, warehouse: Path, moto_endpoint: str | None, azure:
                  **({"compression": "gzip"} if gz else {})}
             )
     document = {
-        "warehouse": str(warehouse),
+        "warehouse": lake_settings(path.parent),
         "connections": connections,
         "integrations": integrations,
         "reports": [{"name": REPORT, "sql": f"SELECT user_id AS email, * EXCLUDE (user_id, _updated_at, _source) "
@@ -153,16 +155,16 @@ def write_catalog(path: Path, warehouse: Path, moto_endpoint: str | None, azure:
 def build_warehouse(catalog_path: str, rows: int) -> dict[str, Any]:
     """The attribute table and the materialized report (not measured)."""
     from integration_hub.core.catalog import load_catalog
-    from integration_hub.core.warehouse import ensure_schema, open_writer
+    from integration_hub.core.warehouse import ensure_schema, open_writer, transaction
     from integration_hub.reports.factory import materialize_report
 
     catalog = load_catalog(catalog_path)
-    with open_writer(catalog.warehouse_path) as con:
+    with open_writer(catalog) as con:
         ensure_schema(con, catalog)
-        con.execute(ATTRIBUTES_SQL.format(integration=INTEGRATION, rows=int(rows)))
+        with transaction(con):
+            con.execute(ATTRIBUTES_SQL.format(integration=INTEGRATION, rows=int(rows)))
         count = materialize_report(con, catalog.report(REPORT))
-        con.execute("CHECKPOINT")
-    return {"rows": count, "size": catalog.warehouse_path.stat().st_size}
+    return {"rows": count, "size": folder_bytes(catalog.warehouse_data_path)}
 
 
 # ---------------------------------------------------------------------------- measured
@@ -177,13 +179,24 @@ def _settings(con: Any, memory_limit: str | None) -> dict[str, str]:
     }
 
 
-def run_floor(warehouse: str, out: str, escaped: bool, memory_limit: str | None) -> dict[str, Any]:
-    """DuckDB alone: the report to a local file (plain, or with our SELECT and CSV options)."""
+def run_floor(catalog_path: str, out: str, escaped: bool, memory_limit: str | None) -> dict[str, Any]:
+    """DuckDB alone: the report to a local file (plain, or with our SELECT and CSV options).
+
+    The report table is read from the lake, attached read-only in a DuckDB with DuckDB's own
+    settings (ours caps its memory while it writes).
+    """
     import duckdb
 
+    from integration_hub.core.catalog import load_catalog
+    from integration_hub.core.warehouse import LAKE, Lake, extension_directory
     from integration_hub.exports.export import copy_sql, export_select, report_columns
 
-    con = duckdb.connect(warehouse, read_only=True)
+    folder = extension_directory()
+    con = duckdb.connect(config={"extension_directory": folder} if folder else {})
+    con.execute("LOAD ducklake")
+    con.execute("LOAD sqlite")
+    con.execute(Lake.of(load_catalog(catalog_path)).attach_sql(read_only=True))
+    con.execute(f"USE {LAKE}")
     con.execute("SET TimeZone = 'UTC'")
     settings = _settings(con, memory_limit)
     if escaped:
@@ -205,7 +218,7 @@ def run_ours(catalog_path: str, integration: str, mode: str, tmp: str) -> dict[s
 
     tempfile.tempdir = tmp  # the tempfile mode's scratch file, in the work dir
     catalog = load_catalog(catalog_path)
-    with open_writer(catalog.warehouse_path) as con:
+    with open_writer(catalog) as con:
         settings = _settings(con, None)
         run, result, _ = run_file_export(con, catalog, catalog.integration(integration), mode=mode)  # type: ignore[arg-type]
     assert result is not None
@@ -294,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-verify", action="store_true", help="skip reading uploads back to compare them")
     parser.add_argument("--keep", action="store_true", help="keep the work dir afterwards")
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)  # run_all.py passes every benchmark the same arguments
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if set(targets) - {"s3", "azure"} or set(modes) - {"fifo", "tempfile"} or not targets or not modes:
@@ -349,7 +362,6 @@ def _run(args: argparse.Namespace, targets: list[str], modes: list[str], work: P
 
     from integration_hub_tests.fakes.azurite import AzuriteServer, azurite_version
 
-    warehouse = work / "warehouse.duckdb"
     catalog_path = work / "integrations.yaml"
     reference_csv = work / "floor+esc.csv"
     with ExitStack() as stack:
@@ -368,7 +380,7 @@ def _run(args: argparse.Namespace, targets: list[str], modes: list[str], work: P
             BlobServiceClient.from_connection_string(azurite.connection_string).create_container(CONTAINER)
             versions.append(f"Azurite {azurite_version()}")
         print(f"  {', '.join(versions)}", flush=True)
-        write_catalog(catalog_path, warehouse, moto.endpoint_url if moto else None, azurite is not None)
+        write_catalog(catalog_path, moto.endpoint_url if moto else None, azurite is not None)
 
         def emulator_cpu(target: str) -> float:
             """CPU seconds used so far by the emulator: Azurite's process, or this one (moto's threads)."""
@@ -383,7 +395,7 @@ def _run(args: argparse.Namespace, targets: list[str], modes: list[str], work: P
         mark = time.perf_counter()
         built = measure(build_warehouse, str(catalog_path), args.rows).result
         print(f"  built the report table: {built['rows']:,} rows in {time.perf_counter() - mark:.1f} s "
-              f"(warehouse {built['size'] / MB:,.0f} MiB)", flush=True)
+              f"(lake data {built['size'] / MB:,.0f} MiB)", flush=True)
 
         floor = _Best("floor", "local file", False)
         floor_esc = _Best("floor+esc", "local file", False)
@@ -397,7 +409,7 @@ def _run(args: argparse.Namespace, targets: list[str], modes: list[str], work: P
             print(f"  round {rep + 1}/{args.repeat}", flush=True)
             for best, escaped in ((floor, False), (floor_esc, True)):
                 out = reference_csv if escaped else work / "floor.csv"
-                best.add(measure(run_floor, str(warehouse), str(out), escaped, args.memory_limit, preload=PRELOAD))
+                best.add(measure(run_floor, str(catalog_path), str(out), escaped, args.memory_limit, preload=PRELOAD))
                 print(f"    {best.variant}: {best.seconds[-1]:.1f} s, peak RSS {best.peak_rss / MB:,.0f} MiB", flush=True)
                 if not escaped:
                     out.unlink()

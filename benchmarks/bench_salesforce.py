@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from common import fmt_seconds, print_table, target_line  # noqa: E402 - after the path tweak
+from common import fmt_seconds, lake_settings, print_table, target_line  # noqa: E402 - after the path tweak
 
 MAX_FIRST_SECONDS = 60.0
 MAX_FIRST_CALLS = 40
@@ -46,7 +46,7 @@ def _catalog(root: Path, fake: Any) -> Any:
 
     (root / "landing").mkdir(exist_ok=True)
     document = {
-        "warehouse": str(root / "warehouse.duckdb"),
+        "warehouse": lake_settings(root),
         "connections": [
             {"name": "landing", "type": "local", "path": str(root / "landing")},
             {"name": "sf", "type": "salesforce", "environment": "sandbox", "login_url": fake.url,
@@ -78,22 +78,23 @@ def _catalog(root: Path, fake: Any) -> Any:
 
 def _seed(catalog: Any, rows: int, changed_every: int = 0) -> None:
     """The attribute table: `rows` users; with `changed_every`, every n-th user gets a new NPS."""
-    from integration_hub.core.warehouse import ensure_schema, open_writer
+    from integration_hub.core.warehouse import ensure_schema, open_writer, transaction
 
     nps = f"CASE WHEN i % {changed_every} = 0 THEN 11 - i % 11 ELSE i % 11 END" if changed_every else "i % 11"
-    with open_writer(catalog.warehouse_path) as con:
+    with open_writer(catalog) as con:
         ensure_schema(con, catalog)
-        con.execute("DELETE FROM attributes_people")
-        con.execute(
-            f"""
-            INSERT INTO attributes_people
-            SELECT 'user' || lpad(CAST(i AS VARCHAR), 7, '0') || '@example.com',
-                   round((i % 1000) / 10.0, 1), {nps},
-                   ['Low', 'Medium', 'High'][1 + i % 3], i % 2 = 0, DATE '2024-01-01' + CAST(i % 365 AS INTEGER),
-                   TIMESTAMPTZ '2024-06-01 00:00:00+00', 'bench'
-              FROM range({int(rows)}) AS t(i)
-            """
-        )
+        with transaction(con):
+            con.execute("DELETE FROM attributes_people")
+            con.execute(
+                f"""
+                INSERT INTO attributes_people
+                SELECT 'user' || lpad(CAST(i AS VARCHAR), 7, '0') || '@example.com',
+                       round((i % 1000) / 10.0, 1), {nps},
+                       ['Low', 'Medium', 'High'][1 + i % 3], i % 2 = 0, DATE '2024-01-01' + CAST(i % 365 AS INTEGER),
+                       TIMESTAMPTZ '2024-06-01 00:00:00+00', 'bench'
+                  FROM range({int(rows)}) AS t(i)
+                """
+            )
 
 
 def _run(catalog: Any, fake: Any) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def _run(catalog: Any, fake: Any) -> dict[str, Any]:
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         raise SystemExit(f"the run failed: {failure.step_failure_data.error.message if failure else 'see above'}")
-    with open_reader(catalog.warehouse_path) as con:
+    with open_reader(catalog) as con:
         names = ["runtime_seconds", "rows", "updated", "unchanged", "unmatched", "failed", "transport"]
         values = con.execute(f"SELECT {', '.join(names)} FROM salesforce_sync_runs ORDER BY started_at DESC LIMIT 1").fetchone()
     calls = fake.calls_by_kind()

@@ -19,7 +19,9 @@ memory, e.g. a moto server holding a 1 GB object). The callable must be importab
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MB = 1024 * 1024
@@ -129,7 +132,11 @@ def _tree_peak(pid: int, peaks: dict[int, int]) -> None:
 
 
 def _measure_command(
-    cmd: Sequence[str], timeout: float | None, env: dict[str, str] | None, interval: float = 0.02
+    cmd: Sequence[str],
+    timeout: float | None,
+    env: dict[str, str] | None,
+    stdout: Path | None = None,
+    interval: float = 0.02,
 ) -> Measurement:
     # Sampled from here (wait4's ru_maxrss would include this process's size, see peak_rss_self):
     # the sum of the peaks of the command and its descendants; growth in the last `interval`
@@ -137,7 +144,12 @@ def _measure_command(
     peaks: dict[int, int] = {}
     cpu = _cpu_seconds(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    process = subprocess.Popen(list(cmd), env=env)
+    output = open(stdout, "wb") if stdout is not None else None  # noqa: SIM115 - closed below
+    try:
+        process = subprocess.Popen(list(cmd), env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
+    finally:
+        if output is not None:
+            output.close()  # the child has its own copy
     while process.poll() is None:
         _tree_peak(process.pid, peaks)
         if timeout is not None and time.perf_counter() - started > timeout:
@@ -147,9 +159,17 @@ def _measure_command(
         time.sleep(interval)
     seconds = time.perf_counter() - started
     if process.returncode != 0:
-        raise MeasuredFailure(f"{' '.join(cmd)}: exit status {process.returncode}")
+        tail = f"; its output ends: {_tail(stdout)}" if stdout is not None else ""
+        raise MeasuredFailure(f"{' '.join(cmd)}: exit status {process.returncode}{tail}")
     # RUSAGE_CHILDREN: CPU time of the children waited for so far (this one and its descendants).
     return Measurement(seconds, sum(peaks.values()), cpu_seconds=_cpu_seconds(resource.RUSAGE_CHILDREN) - cpu)
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
 
 
 def measure(
@@ -158,18 +178,19 @@ def measure(
     preload: Sequence[str] = (),
     timeout: float | None = None,
     env: dict[str, str] | None = None,
+    stdout: Path | None = None,
     **kwargs: Any,
 ) -> Measurement:
     """Run `target` in its own process; return its wall time and peak RSS.
 
-    `target` is either a command (a list of strings; `env` applies; its peak RSS and that of
-    its descendants is sampled from here) or a picklable callable, called as
+    `target` is either a command (a list of strings; `env` applies; its output goes to the file
+    `stdout` if given; its peak RSS and that of its descendants is sampled from here) or a picklable callable, called as
     `target(*args, **kwargs)` in a spawned interpreter after importing `preload` (so import time
     is not measured; the memory of those imports is, as it is the process's), which reports its
     own peak RSS when it returns.
     """
     if not callable(target):
-        return _measure_command(target, timeout, env)
+        return _measure_command(target, timeout, env, stdout)
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(target, args, kwargs, tuple(preload), sender))
@@ -189,6 +210,56 @@ def measure(
     if status != "ok":
         raise MeasuredFailure(f"{getattr(target, '__name__', target)} failed (exit code {process.exitcode}):\n{payload}")
     return Measurement(seconds, rss, payload, cpu)
+
+
+# ---------------------------------------------------------------------------- the lake
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lake_settings(folder: Path) -> dict[str, str]:
+    """The catalog's `warehouse:` section for a lake kept in `folder`: catalog.sqlite + lake/."""
+    return {"catalog": str(folder / "catalog.sqlite"), "data_path": str(folder / "lake") + "/"}
+
+
+def copy_lake(source: Path, target: Path) -> None:
+    """Copy the lake kept in folder `source` (see lake_settings) to folder `target`, ready to open there.
+
+    The catalog records the absolute data path it was created with (and refuses another one
+    unless told OVERRIDE_DATA_PATH for that session only); the data files' paths are relative
+    to it. So the copy's catalog gets the copy's data path, as if created there. The catalog
+    is copied with SQLite's backup API: a consistent copy even with a WAL beside it.
+    """
+    import sqlite3
+
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target / "lake", ignore_errors=True)
+    shutil.copytree(source / "lake", target / "lake")
+    (target / "catalog.sqlite").unlink(missing_ok=True)
+    with sqlite3.connect(source / "catalog.sqlite") as src, sqlite3.connect(target / "catalog.sqlite") as dst:
+        src.backup(dst)
+        dst.execute(
+            "UPDATE ducklake_metadata SET value = ? WHERE key = 'data_path'", [lake_settings(target)["data_path"]]
+        )
+    src.close()
+    dst.close()
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def cli_command(*args: str) -> list[str]:
+    """`integration-hub ARGS` as a command: the installed console script beside this Python, else `-m`."""
+    script = shutil.which("integration-hub", path=str(Path(sys.executable).parent))
+    return [script, *args] if script else [sys.executable, "-m", "integration_hub.cli.main", *args]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for our CLI as a subprocess: this checkout's code first on the path."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
 
 
 # ---------------------------------------------------------------------------- moto

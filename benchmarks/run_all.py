@@ -1,10 +1,11 @@
 """Run every benchmark, `benchmarks/bench_*.py`, one after the other (`make bench`).
 
 Each runs as its own process with its output passed through; extra arguments are given to
-every benchmark (e.g. `--rows 200000` for a quick smoke run of the ones that take it). Exits
-non-zero if any benchmark did.
+every benchmark, and each ignores those it does not take (e.g. `--rows 20000 --users 30000` for a
+smoke run: bench_csv/bench_lake/bench_export/bench_salesforce take --rows, bench_csv/bench_lake
+--users). Exits non-zero if any benchmark did.
 
-    .venv/bin/python benchmarks/run_all.py [--only csv,api] [args for the benchmarks...]
+    .venv/bin/python benchmarks/run_all.py [--only csv,lake] [args for the benchmarks...]
 """
 
 from __future__ import annotations
