@@ -20,7 +20,15 @@ from integration_hub.core.catalog import Catalog, CatalogError, load_catalog
 from integration_hub.inbound_csv.check import check_csv_integration
 from integration_hub.inbound_csv.diagnose import explain_row_problem
 from integration_hub.inbound_csv.reader import HEAD_BYTES
-from integration_hub_tests.support import CRM_INTEGRATION, Landing, lake_settings, query, run_job, runs_of
+from integration_hub_tests.support import (
+    CRM_INTEGRATION,
+    Landing,
+    failure_reason,
+    lake_settings,
+    query,
+    run_job,
+    runs_of,
+)
 
 HEADER = "email,Plan Tier,tickets,is_active,signup,last_login\n"
 SEED = HEADER + "ann@x.com,gold,5,yes,2024-01-01,2024-05-01T10:00:00Z\nbob@x.com,silver,1,no,2024-02-01,\n"
@@ -48,8 +56,22 @@ def process(landing: Landing, catalog: Catalog, name: str, content: str | bytes,
     landing.put(f"crm/{name}", content, compress=compress)
     result = run_job(catalog, "crm")
     run = runs_of(catalog)[-1]
-    assert result.success == (run["status"] != "failed")  # a run whose only file failed is red
+    # The file is the run's only source: the Dagster run fails (red) exactly when the file failed, with its reason.
+    assert result.success == (run["status"] != "failed")
+    if not result.success:
+        assert run["message"] in failure_reason(result)
     return run
+
+
+def process_all(landing: Landing, catalog: Catalog, files: dict[str, bytes | str], compress: bool = True) -> dict[str, dict]:
+    """Drop several files that all fail, run once: the run is red; each file's run by its URL."""
+    for name, content in files.items():
+        landing.put(f"crm/{name}", content, compress=compress)
+    result = run_job(catalog, "crm")
+    assert not result.success and f"nothing applied: all {len(files)} sources failed" in failure_reason(result)
+    runs = {run["source"]: run for run in runs_of(catalog)[1:]}  # after the seed
+    assert sorted(runs) == sorted(landing.url(f"crm/{name}") for name in files)
+    return runs
 
 
 def failed_with(landing: Landing, catalog: Catalog, before: list[tuple], run: dict, name: str, *phrases: str) -> str:
@@ -262,11 +284,7 @@ def test_broken_gzip_files_fail_by_their_own_names(local_or_s3: Landing) -> None
         ),
         "book.csv.gz": (gzip.compress(_zip("xl/workbook.xml")), "is not CSV text: it is an Excel workbook (.xlsx)"),
     }
-    for name, (content, _) in files.items():
-        local_or_s3.put(f"crm/{name}", content, compress=False)
-    assert not run_job(catalog, "crm").success  # every file failed: a red run
-    runs = {run["source"]: run for run in runs_of(catalog)[1:]}
-    assert len(runs) == len(files)
+    runs = process_all(local_or_s3, catalog, {name: content for name, (content, _) in files.items()}, compress=False)
     for name, (_, phrase) in files.items():
         url = local_or_s3.url(f"crm/{name}")
         failed_with(local_or_s3, catalog, before, runs[url], name, f"{url} {phrase}")
@@ -313,11 +331,7 @@ BINARIES: dict[str, tuple[Any, str]] = {
 
 def test_a_file_that_is_not_text_says_what_it_is_and_what_to_do(local_or_s3: Landing, tmp_path: Path) -> None:
     catalog, before = seeded(local_or_s3)
-    for kind, (make, _) in BINARIES.items():
-        local_or_s3.put(f"crm/{kind}.csv", make(tmp_path))
-    assert not run_job(catalog, "crm").success  # one run, one failed file each: red
-    runs = {run["source"]: run for run in runs_of(catalog)[1:]}
-    assert len(runs) == len(BINARIES)
+    runs = process_all(local_or_s3, catalog, {f"{kind}.csv": make(tmp_path) for kind, (make, _) in BINARIES.items()})
     for kind, (_, phrase) in BINARIES.items():
         url = local_or_s3.url(f"crm/{kind}.csv")
         failed_with(local_or_s3, catalog, before, runs[url], f"{kind}.csv", f"{url} {phrase}")
@@ -337,10 +351,7 @@ def test_check_reports_a_file_that_is_not_text(local_or_s3: Landing) -> None:
 def test_a_header_only_file_says_how_to_fix_it(local_or_s3: Landing) -> None:
     catalog, before = seeded(local_or_s3)
     files = {"header.csv": HEADER, "blank.csv": HEADER + "\n\n\r\n", "zipped.csv.gz": HEADER}
-    for name, content in files.items():
-        local_or_s3.put(f"crm/{name}", content)
-    assert not run_job(catalog, "crm").success  # every file failed: a red run
-    runs = {run["source"]: run for run in runs_of(catalog)[1:]}
+    runs = process_all(local_or_s3, catalog, files)
     for name in files:
         url = local_or_s3.url(f"crm/{name}")
         failed_with(
