@@ -25,8 +25,12 @@ test: $(STAMP) tools
 	$(BIN)/ruff check integration_hub integration_hub_tests benchmarks
 	$(BIN)/pytest
 
+# The Dagster UI on PORT, the End User Update API on API_PORT.
+PORT     ?= 3000
+API_PORT ?= 8080
+
 demo: $(STAMP)
-	$(BIN)/integration-hub demo
+	$(BIN)/integration-hub demo --port $(PORT) --api-port $(API_PORT)
 
 bench: $(STAMP) tools
 	$(BIN)/python benchmarks/run_all.py

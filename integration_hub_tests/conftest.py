@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -23,31 +24,37 @@ def _isolated_dagster_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch
     monkeypatch.delenv("INTEGRATION_HUB_WAREHOUSE", raising=False)
 
 
+S3_CONNECTION = {"name": "landing", "type": "s3", "bucket": BUCKET, "prefix": PREFIX, "region": "us-east-1",
+                 "access_key_id": "testing", "secret_access_key": "testing"}
+
+
+@contextmanager
+def _moto_landing(tmp_path: Path) -> Iterator[Landing]:
+    """A landing area in a bucket of moto's in-process S3."""
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield Landing("s3_mock", tmp_path, S3_CONNECTION, s3=client)
+
+
 @pytest.fixture(params=["local", "s3_mock", "s3_server"])
 def landing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Landing]:
     """The contract suite runs against every landing kind."""
     kind = request.param
     if kind == "local":
-        (tmp_path / "landing").mkdir()
-        yield Landing(kind, tmp_path, {"name": "landing", "type": "local", "path": str(tmp_path / "landing")})
+        yield local_landing_at(tmp_path)
         return
-    connection = {"name": "landing", "type": "s3", "bucket": BUCKET, "prefix": PREFIX, "region": "us-east-1",
-                  "access_key_id": "testing", "secret_access_key": "testing"}
     if kind == "s3_mock":
-        from moto import mock_aws
-
-        with mock_aws():
-            client = boto3.client("s3", region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            yield Landing(kind, tmp_path, connection, s3=client)
+        with _moto_landing(tmp_path) as landing:
+            yield landing
         return
-    from integration_hub_tests.fakes.moto_server import MotoServer
-
     with MotoServer() as server:
         client = boto3.client("s3", region_name="us-east-1", endpoint_url=server.endpoint_url,
                               aws_access_key_id="testing", aws_secret_access_key="testing")
         client.create_bucket(Bucket=BUCKET)
-        yield Landing(kind, tmp_path, {**connection, "endpoint_url": server.endpoint_url}, s3=client)
+        yield Landing(kind, tmp_path, {**S3_CONNECTION, "endpoint_url": server.endpoint_url}, s3=client)
 
 
 @pytest.fixture
@@ -55,6 +62,14 @@ def local_landing(tmp_path: Path) -> Landing:
     return local_landing_at(tmp_path)
 
 
+@pytest.fixture(params=["local", "s3"])
+def local_or_s3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Landing]:
+    """A local folder, then an S3 bucket (moto in-process): the file-handling cases run on both."""
+    if request.param == "local":
+        yield local_landing_at(tmp_path)
+        return
+    with _moto_landing(tmp_path) as landing:
+        yield landing
 
 
 @pytest.fixture(autouse=True)

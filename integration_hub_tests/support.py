@@ -71,10 +71,13 @@ class Landing:
         return self.root / "integrations.yaml"
 
     # -- files -----------------------------------------------------------------
-    def put(self, key: str, content: str | bytes) -> str:
-        """Drop a file; each drop is a little newer than the last (oldest-first order)."""
+    def put(self, key: str, content: str | bytes, compress: bool = True) -> str:
+        """Drop a file; each drop is a little newer than the last (oldest-first order).
+
+        A `.gz` key gets its content gzipped unless it already is, or `compress` is False.
+        """
         data = content.encode("utf-8") if isinstance(content, str) else content
-        if key.endswith(".gz") and not data.startswith(b"\x1f\x8b"):
+        if compress and key.endswith(".gz") and not data.startswith(b"\x1f\x8b"):
             data = gzip.compress(data)
         self._clock += 10
         if self.s3 is not None:
@@ -86,6 +89,12 @@ class Landing:
             path.write_bytes(data)
             os.utime(path, (self._clock, self._clock))
         return key
+
+    def url(self, key: str) -> str:
+        """The file as a user knows it: s3://bucket/prefix/key, or its path in the landing folder."""
+        if self.s3 is not None:
+            return f"s3://{BUCKET}/{posixpath.join(PREFIX, key)}"
+        return str(self.root / "landing" / key)
 
     def keys(self, folder: str = "crm") -> list[str]:
         """Every file under a folder, recursively, relative to the folder."""
@@ -110,7 +119,17 @@ def local_landing_at(root: Path) -> Landing:
 
 
 def run_job(catalog: Catalog, integration: str, files: list[str] | None = None) -> dg.ExecuteInProcessResult:
-    """Run an integration's job in-process, as a schedule (files=None) or the sensor would."""
+    """Run an integration's job in-process, as a schedule (files=None) or the sensor would.
+
+    A run in which no source applied fails: `result.success` is False (no exception is raised).
+    """
+    return run_job_with_tags(catalog, integration, files)[0]
+
+
+def run_job_with_tags(
+    catalog: Catalog, integration: str, files: list[str] | None = None
+) -> tuple[dg.ExecuteInProcessResult, dict[str, str]]:
+    """run_job, and the run's tags as the Runs page shows them after the run (the outcome tag)."""
     from integration_hub.core.assets import attributes_key
     from integration_hub.definitions import build_definitions
 
@@ -119,7 +138,16 @@ def run_job(catalog: Catalog, integration: str, files: list[str] | None = None) 
     if files is not None:
         run_config = {"ops": {attributes_key(integration).to_python_identifier(): {"config": {"files": files}}}}
     with dg.DagsterInstance.ephemeral() as instance:
-        return job.execute_in_process(instance=instance, run_config=run_config)
+        result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+        run = instance.get_run_by_id(result.run_id)
+        assert run is not None
+        return result, dict(run.tags)
+
+
+def failure_reason(result: dg.ExecuteInProcessResult) -> str:
+    """The description of the Failure that made the run red."""
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.error.message
 
 
 def query(catalog: Catalog, sql: str, params: list[Any] | None = None) -> list[tuple]:

@@ -20,7 +20,7 @@ GOOD = "email,plan\na@x.com,gold\nb@x.com,free\n"
 # Every command that takes --json, and the test below that parses it.
 JSON_COMMANDS = {
     "integrations", "discover", "check", "logs", "sql", "history", "tokens create", "tokens list", "endpoint",
-    "alerts test",
+    "alerts test", "migrate",
 }
 
 
@@ -98,6 +98,8 @@ def test_every_json_output_parses(tmp_path: Path, capfd: pytest.CaptureFixture[s
     issued = json_ok(capfd, "--catalog", path, "endpoint", "web", "--json")
     assert issued["url"].endswith("/v1/end-users") and issued["integration_token"]  # type: ignore[index]
     assert json_ok(capfd, "--catalog", path, "endpoint", "web", "--json")["integration_token"] is None  # type: ignore[index]
+    # migrate --json (its document is tested in test_migrate): a failure is one line and no JSON half-printed.
+    assert "does not exist" in json_failure(capfd, "--catalog", path, "migrate", str(tmp_path / "old.duckdb"), "--json")
 
 
 def test_json_failures_leave_stdout_empty_and_say_why_in_one_line(

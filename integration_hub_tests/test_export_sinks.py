@@ -1,4 +1,4 @@
-"""S3 and Azure Blob sinks against real emulators: moto in-process, moto over HTTP, and Azurite."""
+"""The sinks against real storage: moto in-process, moto over HTTP, Azurite and a local folder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -18,7 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from integration_hub.exports.sinks import AzureBlobSink, FileSink, S3Sink, SinkError
+from integration_hub.exports.sinks import AzureBlobSink, FileSink, LocalFolderSink, S3Sink, SinkError
 from integration_hub_tests.fakes.azurite import (
     ACCOUNT_KEY,
     ACCOUNT_NAME,
@@ -30,7 +31,7 @@ from integration_hub_tests.fakes.moto_server import MotoServer
 from integration_hub_tests.test_exports_support import SlowPartUploads
 
 MiB = 1024 * 1024
-BACKENDS = ["moto", "moto_server", "azurite"]
+BACKENDS = ["moto", "moto_server", "azurite", "local"]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,9 @@ class Backend:
     put: Callable[[str, bytes], None]  # write behind the sink's back
     names: Callable[[], list[str]]  # committed object names
     pending_uploads: Callable[[], int]  # unfinished multipart uploads (S3); 0 for Azure
-    content_meta: Callable[[str], tuple[str | None, str | None]]  # (content type, content encoding)
-    parts: Callable[[str], int]  # number of parts/blocks of the committed object
+    # (content type, content encoding) and the number of parts/blocks: object stores only.
+    content_meta: Callable[[str], tuple[str | None, str | None]] | None
+    parts: Callable[[str], int] | None
 
 
 def _s3_backend(name: str, client: Any, bucket: str) -> Backend:
@@ -101,10 +103,30 @@ def _azure_backend(server: AzuriteServer) -> Backend:
     )
 
 
+def _local_backend(root: Path) -> Backend:
+    def put(key: str, data: bytes) -> None:
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(data)
+
+    return Backend(
+        name="local",
+        sink=LocalFolderSink(root, "exports/daily"),
+        read=lambda key: (root / key).read_bytes(),
+        put=put,
+        # Every file, hidden temporary ones included: nothing may be left behind.
+        names=lambda: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()),
+        pending_uploads=lambda: 0,
+        content_meta=None,
+        parts=None,
+    )
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     bucket = f"bkt-{uuid.uuid4().hex[:12]}"
-    if request.param == "moto":
+    if request.param == "local":
+        yield _local_backend(tmp_path / "outbox")
+    elif request.param == "moto":
         with mock_aws():
             yield _s3_backend("moto", boto3.client("s3", region_name="us-east-1"), bucket)
     elif request.param == "moto_server":
@@ -130,8 +152,10 @@ def test_small_file_round_trip(backend: Backend) -> None:
     data = b"id,name\n1,Ada\n2,Grace\n"
     assert _write(backend.sink, "small.csv", data) == len(data)
     assert backend.read("exports/daily/small.csv") == data
-    assert backend.parts("exports/daily/small.csv") == 1
-    assert backend.content_meta("exports/daily/small.csv") == ("text/csv", None)
+    assert backend.names() == ["exports/daily/small.csv"]
+    if backend.parts and backend.content_meta:
+        assert backend.parts("exports/daily/small.csv") == 1
+        assert backend.content_meta("exports/daily/small.csv") == ("text/csv", None)
     assert backend.sink.exists("small.csv")
     assert not backend.sink.exists("other.csv")
 
@@ -140,8 +164,9 @@ def test_multipart_file_round_trip(backend: Backend, big_payload: bytes) -> None
     written = _write(backend.sink, "big.csv.gz", big_payload, content_encoding="gzip")
     assert written == len(big_payload)
     assert backend.read("exports/daily/big.csv.gz") == big_payload
-    assert backend.parts("exports/daily/big.csv.gz") == 3
-    assert backend.content_meta("exports/daily/big.csv.gz") == ("text/csv", "gzip")
+    if backend.parts and backend.content_meta:
+        assert backend.parts("exports/daily/big.csv.gz") == 3
+        assert backend.content_meta("exports/daily/big.csv.gz") == ("text/csv", "gzip")
     assert backend.pending_uploads() == 0
 
 
@@ -155,7 +180,9 @@ def test_empty_file(backend: Backend) -> None:
 def test_url_reports_bucket_container_and_prefix(backend: Backend) -> None:
     assert isinstance(backend.sink, FileSink)
     url = backend.sink.url("a/b.csv")
-    if backend.name == "azurite":
+    if backend.name == "local":
+        assert url == str(backend.sink.root / "exports" / "daily" / "a" / "b.csv")  # type: ignore[attr-defined]
+    elif backend.name == "azurite":
         assert url.startswith("http://127.0.0.1:")
         assert url.endswith("/devstoreaccount1/" + backend.sink.container_name + "/exports/daily/a/b.csv")  # type: ignore[attr-defined]
     else:
@@ -233,6 +260,45 @@ def test_writer_rejects_use_outside_with(backend: Backend) -> None:
 def test_check_write_permission_passes_and_cleans_up(backend: Backend) -> None:
     backend.sink.check_write_permission()  # type: ignore[attr-defined]
     assert backend.names() == []
+
+
+# --------------------------------------------------------------------------- local folder
+
+
+def test_local_file_is_written_under_a_temporary_name_then_renamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    sink = LocalFolderSink(tmp_path / "not" / "there" / "yet")
+    folder = tmp_path / "not" / "there" / "yet" / "daily"
+    with sink.open_write("daily/out.csv") as writer:
+        writer.write(b"id\r\n1\r\n")
+        [partial] = list(folder.iterdir())  # same folder, so the rename is atomic
+        assert partial.name.startswith(".") and partial.name.endswith("-out.csv")
+        assert not (folder / "out.csv").exists()  # nobody sees a half-written file
+    assert [p.name for p in folder.iterdir()] == ["out.csv"]
+    assert (folder / "out.csv").read_bytes() == b"id\r\n1\r\n"
+    assert synced[0] == str(partial) and synced[-1] == str(folder)  # the data, then the folder entry
+
+
+def test_local_errors_name_the_folder_and_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    sink = LocalFolderSink(tmp_path / "blocked")
+    with pytest.raises(SinkError) as info:
+        _write(sink, "out.csv", b"x")
+    assert str(info.value) == (
+        f"Could not create a file in {tmp_path / 'blocked'}: a file stands where a folder is needed; "
+        "move it, or change the connection's `path` or the export's `folder`."
+    )
+    with pytest.raises(SinkError, match="Could not write a test file in"):
+        sink.check_write_permission()
+    with pytest.raises(ValueError, match="'..'"):
+        LocalFolderSink(tmp_path).open_write("../escape.csv")
 
 
 def test_s3_missing_bucket(moto_server: MotoServer) -> None:

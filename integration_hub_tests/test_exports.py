@@ -16,6 +16,7 @@ import pytest
 
 from integration_hub.core.assets import TAG_INTEGRATION, integration_pool
 from integration_hub.core.catalog import CatalogError
+from integration_hub.core.outcome import TAG_OUTCOME
 from integration_hub.definitions import build_definitions
 from integration_hub.exports.export import ExportError, render_file_name
 from integration_hub.exports.factory import export_key
@@ -34,7 +35,7 @@ from integration_hub_tests.test_exports_support import (
     write_catalog,
 )
 
-TARGETS = ["moto", "moto_server", "azurite"]
+TARGETS = ["local", "moto", "moto_server", "azurite"]
 
 
 @pytest.fixture(params=TARGETS)
@@ -61,6 +62,8 @@ def test_export_round_trip(target: Target, tmp_path: Path) -> None:
     assert result.success
     key = _only_file(target)
     assert re.fullmatch(r"exports/daily/daily_\d{8}T\d{6}Z\.csv", key), key
+    if target.kind == "local":  # the temporary file was renamed, nothing else is left in the folder
+        assert target.names() == [key]
     data = target.read(key)
     assert parse_csv(data) == expected_rows(catalog)
     # RFC 4180: CRLF records, quotes doubled, fields with separators quoted; UTF-8 without a BOM.
@@ -74,7 +77,8 @@ def test_export_round_trip(target: Target, tmp_path: Path) -> None:
     assert b",'already quoted," in data and b", =leading space," in data
     # Empty string and NULL stay distinguishable.
     assert b'a08@example.com,"",,,,\r\n' in data
-    assert target.content_type(key) == "text/csv; charset=utf-8"
+    if target.kind != "local":  # a folder keeps no content type
+        assert target.content_type(key) == "text/csv; charset=utf-8"
 
     [run] = export_runs(catalog)
     assert run["kind"] == "file_export" and run["status"] == "success" and run["source"] == "people_report"
@@ -92,7 +96,7 @@ def test_export_round_trip(target: Target, tmp_path: Path) -> None:
     assert "'=HYPERLINK" in metadata["preview"].value
 
 
-@pytest.mark.parametrize("kind", ["moto", "azurite"])
+@pytest.mark.parametrize("kind", ["local", "moto", "azurite"])
 def test_gzip_export_adds_suffix_and_reads_back(kind: str, request: pytest.FixtureRequest,
                                                 monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with make_target(kind, request, monkeypatch) as target:
@@ -105,7 +109,8 @@ def test_gzip_export_adds_suffix_and_reads_back(kind: str, request: pytest.Fixtu
         data = target.read(key)
         assert data[:2] == b"\x1f\x8b"
         assert parse_csv(gzip.decompress(data)) == expected_rows(catalog)
-        assert target.content_type(key) == "application/gzip"
+        if kind != "local":
+            assert target.content_type(key) == "application/gzip"
         assert export_runs(catalog)[0]["details"]["bytes"] == len(data)
 
 
@@ -172,7 +177,7 @@ def test_report_is_materialized_in_the_same_run(tmp_path: Path, request: pytest.
 # ---------------------------------------------------------------------------- overwrite and failures
 
 
-@pytest.mark.parametrize("kind", ["moto_server", "azurite"])
+@pytest.mark.parametrize("kind", ["local", "moto_server", "azurite"])
 def test_existing_file_is_never_overwritten_unless_asked(kind: str, request: pytest.FixtureRequest,
                                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with make_target(kind, request, monkeypatch) as target:
@@ -182,7 +187,9 @@ def test_existing_file_is_never_overwritten_unless_asked(kind: str, request: pyt
         before = target.read("exports/daily/latest.csv")
 
         seed(catalog, TRICKY_ROWS)
-        result = run_export_job(catalog)
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = run_export_job(catalog, instance=instance)
+            assert instance.get_run_by_id(result.run_id).tags[TAG_OUTCOME] == "failed"
         assert not result.success  # the Dagster run is red
         failure = next(e for e in result.all_events if e.is_step_failure)
         assert "already exists; set `overwrite: true`" in failure.step_failure_data.error.message
@@ -233,6 +240,26 @@ def test_missing_container_and_wrong_key_fail_the_run(azurite: AzuriteServer, tm
         [run] = export_runs(catalog)
         assert run["status"] == "failed" and reason in run["message"], run["message"]
         assert wrong_key not in run["message"] and "AccountKey" not in run["message"]
+
+
+def test_a_local_folder_that_cannot_be_written_fails_the_run_with_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "outbox"
+    blocker.write_text("a file where the export folder should be")
+    catalog = write_catalog(tmp_path, {"name": "outbox", "type": "local", "path": str(blocker)})
+    seed(catalog, TRICKY_ROWS)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_export_job(catalog, instance=instance)
+        tags = instance.get_run_by_id(result.run_id).tags
+    assert not result.success and tags[TAG_OUTCOME] == "failed" and tags[TAG_INTEGRATION] == "daily"
+    [run] = export_runs(catalog)
+    assert run["status"] == "failed"
+    assert run["message"].startswith(f"Could not create a file in {blocker}/daily: a file stands where a folder is needed; ")
+    assert "\n" not in run["message"] and run["message"] in _failure(result)
+    assert blocker.read_text() == "a file where the export folder should be"
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    return next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
 
 
 def test_failed_report_records_a_failed_export_run(tmp_path: Path, request: pytest.FixtureRequest,
@@ -293,3 +320,27 @@ def test_file_name_patterns() -> None:
         render_file_name(integration(file_name="../x.csv"), start)
     with pytest.raises(CatalogError, match="unknown placeholder"):
         integration(file_name="{day}.csv")
+
+
+def test_run_after_inbound_runs_the_export_once_per_user_profiles_refresh(tmp_path: Path) -> None:
+    from integration_hub.core.assets import USER_PROFILES_KEY
+
+    catalog = write_catalog(tmp_path, {"name": "outbox", "type": "local", "path": str(tmp_path / "out")},
+                            {"run_after_inbound": True})
+    defs = build_definitions(catalog)
+    sensor = defs.resolve_sensor_def("daily_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.job_name == "daily_job"
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.build_sensor_context(instance=instance, definitions=defs)
+        assert not _run_requests(sensor, context)  # nothing refreshed yet: no run
+        instance.report_runless_asset_event(dg.AssetMaterialization(USER_PROFILES_KEY))
+        context = dg.build_sensor_context(instance=instance, definitions=defs)
+        [request] = _run_requests(sensor, context)
+        assert request.tags["integration_hub/trigger"] == "after_inbound"
+        context = dg.build_sensor_context(instance=instance, cursor=context.cursor, definitions=defs)
+        assert not _run_requests(sensor, context)  # the same refresh is not exported twice
+
+
+def _run_requests(sensor: dg.SensorDefinition, context: dg.SensorEvaluationContext) -> list[dg.RunRequest]:
+    return [r for r in sensor(context) or [] if isinstance(r, dg.RunRequest)]

@@ -124,9 +124,27 @@ def azure_target(server: AzuriteServer, monkeypatch: Any) -> Target:
     )
 
 
+def local_target(root: Path) -> Target:
+    """A folder on this machine; names are relative to `root`, the connection's path is root/exports."""
+    folder = root / "exports"
+
+    def names() -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+    return Target(
+        kind="local",
+        connection={"name": "outbox", "type": "local", "path": str(folder)},
+        read=lambda key: (root / key).read_bytes(),
+        names=names,
+        content_type=lambda key: None,  # a folder keeps no content type: the name says .csv / .csv.gz
+    )
+
+
 @contextmanager
 def make_target(kind: str, request: Any, monkeypatch: Any) -> Iterator[Target]:
-    if kind == "moto":
+    if kind == "local":
+        yield local_target(request.getfixturevalue("tmp_path_factory").mktemp("outbox"))
+    elif kind == "moto":
         from moto import mock_aws
 
         with mock_aws():
@@ -174,12 +192,17 @@ def seed(catalog: Catalog, rows: list[tuple[Any, ...]]) -> None:
             )
 
 
-def run_export_job(catalog: Catalog, name: str = "daily") -> dg.ExecuteInProcessResult:
+def run_export_job(
+    catalog: Catalog, name: str = "daily", instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
+    """Run the export's job; pass `instance` to read the run's tags afterwards."""
     from integration_hub.definitions import build_definitions
 
     job = build_definitions(catalog).resolve_job_def(job_name(catalog.integration(name)))
-    with dg.DagsterInstance.ephemeral() as instance:
+    if instance is not None:
         return job.execute_in_process(instance=instance, raise_on_error=False)
+    with dg.DagsterInstance.ephemeral() as ephemeral:
+        return job.execute_in_process(instance=ephemeral, raise_on_error=False)
 
 
 def export_runs(catalog: Catalog, name: str = "daily") -> list[dict[str, Any]]:

@@ -121,7 +121,7 @@ def test_bad_rows_are_rejected_with_row_column_value_and_reason(landing: Landing
 def test_too_many_rejections_fail_the_file_and_apply_nothing(landing: Landing) -> None:
     catalog = landing.write_catalog()  # default max_rejected_ratio 0.1
     landing.put("crm/bad.csv", crm_file("ann@example.com,gold,1,yes,2024-01-01,,", "bob@example.com,gold,x,yes,2024-01-01,,"))
-    assert run_job(catalog, "crm").success
+    assert not run_job(catalog, "crm").success  # its only file failed: the run is red
     [run] = runs_of(catalog)
     assert run["status"] == "failed" and run["rows_applied"] == 0 and "max_rejected_ratio" in run["message"]
     assert query(catalog, "SELECT count(*) FROM attributes_crm")[0][0] == 0

@@ -15,6 +15,7 @@ import dagster as dg
 import pytest
 
 from integration_hub.core.assets import TAG_INTEGRATION, integration_pool
+from integration_hub.core.outcome import TAG_OUTCOME
 from integration_hub.definitions import build_definitions
 from integration_hub.reports.factory import report_key
 from integration_hub.salesforce.factory import salesforce_key
@@ -204,7 +205,13 @@ def test_failed_records_carry_salesforce_error_and_are_retried_next_run(fake: Fa
                    row("c@example.com", note="c2@example.com")])
     fake.fail_lock([ids[1]], times=2)  # locked twice, then free: retried within the run
     fake.fail_lock([ids[2]], times=10)  # locked for longer than the run retries
-    assert run_sync_job(catalog).success
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_sync_job(catalog, instance=instance)
+        assert result.success  # partial: green, tagged partial, with a WARN check failure
+        assert instance.get_run_by_id(result.run_id).tags[TAG_OUTCOME] == "partial"
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "records_applied" and not check.passed
+    assert check.severity == dg.AssetCheckSeverity.WARN
     run = last_sync(catalog)
     assert (run["updated"], run["failed"]) == (1, 2)
     results = results_of(catalog, run["run_id"])

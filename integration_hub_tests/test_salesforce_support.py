@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -156,14 +157,15 @@ def seed(catalog: Catalog, rows: list[tuple[Any, ...]]) -> None:
             )
 
 
-def run_sync_job(catalog: Catalog, full_resync: bool = False, name: str = "onboarding_to_salesforce") -> dg.ExecuteInProcessResult:
+def run_sync_job(catalog: Catalog, full_resync: bool = False, name: str = "onboarding_to_salesforce",
+                 instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
     from integration_hub.definitions import build_definitions
     from integration_hub.salesforce.factory import run_config
 
     integration = catalog.integration(name)
     job = build_definitions(catalog).resolve_job_def(job_name(integration))
-    with dg.DagsterInstance.ephemeral() as instance:
-        return job.execute_in_process(instance=instance, raise_on_error=False,
+    with dg.DagsterInstance.ephemeral() if instance is None else contextlib.nullcontext(instance) as active:
+        return job.execute_in_process(instance=active, raise_on_error=False,
                                       run_config=run_config(integration, full_resync))  # type: ignore[arg-type]
 
 

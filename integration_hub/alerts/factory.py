@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from ..core.alerts import Alert, AlertSender, dagster_link, notify_names, rules_for
-from ..core.assets import SOURCES_CHECK, TAG_INTEGRATION
+from ..core.assets import OUTCOME_CHECKS, TAG_INTEGRATION
 from ..core.catalog import Catalog, format_duration
 from ..core.state import is_enabled
 from .outcomes import RunOutcome, previous_outcome, run_outcomes
@@ -55,12 +55,13 @@ def integration_assets(defs: dg.Definitions) -> dict[dg.AssetKey, str]:
 def data_check_keys(defs: dg.Definitions, owners: dict[dg.AssetKey, str]) -> list[dg.AssetCheckKey]:
     """The checks on integration assets that `check_failed` watches.
 
-    `sources_applied` is left out: it mirrors the run's outcome, which `partial`/`failed` report.
+    `sources_applied` and `records_applied` are left out: they mirror the run's outcome, which
+    `partial`/`failed` report.
     """
     keys = []
     for item in [*(defs.assets or []), *(defs.asset_checks or [])]:
         for spec in getattr(item, "check_specs", None) or []:
-            if spec.asset_key in owners and spec.name != SOURCES_CHECK:
+            if spec.asset_key in owners and spec.name not in OUTCOME_CHECKS:
                 keys.append(spec.key)
     return keys
 

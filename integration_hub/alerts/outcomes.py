@@ -2,7 +2,7 @@
 
 The status is the run's `integration_hub/outcome` tag when it has one; a run Dagster marked
 FAILURE is `failed` whatever it applied; otherwise the status follows from the run's rows of
-`integration_runs` (one per source). Counts and messages always come from those rows.
+`integration_runs` (one per source), by the rule every run is tagged with (core/outcome.py). Counts and messages always come from those rows.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dagster as dg
 
 from ..core.assets import TAG_INTEGRATION, TAG_OUTCOME
 from ..core.catalog import AlertRule, Catalog
+from ..core.outcome import outcome_of_statuses
 from ..core.warehouse import open_reader, table_columns
 
 OUTCOMES = ("success", "partial", "skipped", "failed")
@@ -80,16 +81,6 @@ def _rows_by_run(catalog: Catalog, run_ids: Sequence[str]) -> dict[str, _Rows]:
     }
 
 
-def _status_from_rows(statuses: Sequence[str]) -> str:
-    if not statuses or all(s == "skipped" for s in statuses):
-        return "skipped"
-    if all(s == "failed" for s in statuses):
-        return "failed"
-    if any(s in ("failed", "partial") for s in statuses):
-        return "partial"
-    return "success"
-
-
 def _join_messages(messages: Sequence[str]) -> str:
     shown = "; ".join(messages[:MESSAGES_SHOWN])
     more = len(messages) - MESSAGES_SHOWN
@@ -110,7 +101,7 @@ def run_outcomes(
         elif tagged in OUTCOMES:
             status = tagged
         else:
-            status = _status_from_rows(found.statuses if found else ())
+            status = outcome_of_statuses(found.statuses if found else ())
         message = _join_messages(found.messages) if found else ""
         if not message and failure_messages and run.run_id in failure_messages:
             message = failure_messages[run.run_id]

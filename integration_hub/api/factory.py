@@ -91,7 +91,7 @@ def build_api_integration(catalog: Catalog, integration: ApiIntegration) -> dg.D
             runs = apply_pending(
                 con, store, integration, context.run_id, on_run=lambda run: context.log.info(run.summary())
             )
-            return attributes_result(con, integration, runs)
+            return attributes_result(context, con, integration, runs)
 
     job = integration_job(
         integration, [table_key, USER_PROFILES_KEY], f"Apply the pending API batches of {name} and refresh user_profiles."

@@ -7,8 +7,9 @@ import dagster as dg
 import duckdb
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from .catalog import Catalog, InboundIntegration, Integration
+from .catalog import Catalog, FileExportIntegration, InboundIntegration, Integration, SalesforceIntegration
 from .ingest import RunRecord, table_preview
+from .outcome import TAG_OUTCOME, RunOutcome, run_outcome, worst
 from .sql import DUCKDB_TYPES
 from .state import job_name, schedule_name, sensor_name
 from .warehouse import (
@@ -20,7 +21,7 @@ from .warehouse import (
     table_columns,
 )
 
-__all__ = ["TAG_INTEGRATION", "integration_pool"]
+__all__ = ["TAG_INTEGRATION", "TAG_OUTCOME", "integration_pool"]
 
 
 def integration_pool(integration_name: str) -> str:
@@ -32,8 +33,10 @@ def integration_pool(integration_name: str) -> str:
 
 RESOURCE_KEY = "warehouse"
 TAG_TRIGGER = "integration_hub/trigger"
-TAG_OUTCOME = "integration_hub/outcome"  # success | partial | skipped | failed
-SOURCES_CHECK = "sources_applied"  # fails (WARN) when a source of the run failed: the run's outcome
+AFTER_INBOUND_INTERVAL_SECONDS = 10  # how often an outbound integration looks for a refreshed user_profiles
+SOURCES_CHECK = "sources_applied"  # inbound: fails (WARN) unless the run's outcome is success or skipped
+RECORDS_CHECK = "records_applied"  # Salesforce: the same, for the records of a sync
+OUTCOME_CHECKS = frozenset({SOURCES_CHECK, RECORDS_CHECK})  # checks that mirror the run's outcome tag
 
 
 def sensor_status(integration: Integration) -> dg.DefaultSensorStatus:
@@ -64,7 +67,10 @@ def attribute_check_specs(integration: InboundIntegration) -> list[dg.AssetCheck
         dg.AssetCheckSpec(
             SOURCES_CHECK,
             asset=key,
-            description="No source (file or API batch) of the latest run failed.",
+            description=(
+                "Every source (file or API batch) of the latest run applied in full: none failed, no row "
+                "rejected. Fails with WARN severity on a partial run (the run is tagged integration_hub/outcome=partial)."
+            ),
         ),
     ]
 
@@ -90,7 +96,7 @@ def attributes_asset(
 
 
 def attribute_checks(
-    con: duckdb.DuckDBPyConnection, integration: InboundIntegration, runs: Sequence[RunRecord]
+    con: duckdb.DuckDBPyConnection, integration: InboundIntegration, runs: Sequence[RunRecord], outcome: RunOutcome
 ) -> list[dg.AssetCheckResult]:
     table = attributes_table(integration.name)
     total, distinct, nulls = con.execute(
@@ -102,7 +108,7 @@ def attribute_checks(
         for _, name, ptype in integration.inbound_properties
         if not same_type(actual.get(name, ""), DUCKDB_TYPES[ptype])
     }
-    failed = [r for r in runs if r.status == "failed"]
+    not_applied = [r for r in runs if r.status in ("failed", "partial")]
     return [
         dg.AssetCheckResult(
             check_name="user_id_unique_not_null",
@@ -112,9 +118,14 @@ def attribute_checks(
         dg.AssetCheckResult(check_name="column_types", passed=not wrong, metadata={"mismatches": str(wrong or "none")}),
         dg.AssetCheckResult(
             check_name=SOURCES_CHECK,
-            passed=not failed,
+            passed=outcome.ok,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"failed_sources": "\n".join(f"{r.source}: {r.message}" for r in failed) or "none"},
+            description=outcome.reason,
+            metadata={
+                "outcome": outcome.outcome,
+                "sources_not_applied_in_full": "\n".join(f"{r.source}: {r.status} - {r.message}" for r in not_applied)
+                or "none",
+            },
         ),
     ]
 
@@ -138,12 +149,46 @@ def run_metadata(con: duckdb.DuckDBPyConnection, integration: InboundIntegration
 
 
 def attributes_result(
-    con: duckdb.DuckDBPyConnection, integration: InboundIntegration, runs: Sequence[RunRecord]
+    context: dg.AssetExecutionContext,
+    con: duckdb.DuckDBPyConnection,
+    integration: InboundIntegration,
+    runs: Sequence[RunRecord],
 ) -> dg.MaterializeResult:
-    """What every inbound attribute asset reports: run metadata and its checks."""
+    """What every inbound attribute asset reports: run metadata and its checks, and the run's outcome.
+
+    Called after every source's own transaction committed: a run in which no source applied
+    fails here (red, with the reason), and the sources other runs or this one applied stay.
+    """
+    outcome = run_outcome(runs)
+    publish_outcome(context, integration.name, outcome)
     return dg.MaterializeResult(
-        metadata=run_metadata(con, integration, runs), check_results=attribute_checks(con, integration, runs)
+        metadata={**run_metadata(con, integration, runs), "outcome": outcome.outcome},
+        check_results=attribute_checks(con, integration, runs, outcome),
     )
+
+
+def tag_outcome(instance: dg.DagsterInstance, run_id: str, outcome: str, integration: str | None = None) -> None:
+    """Set the run's `integration_hub/outcome` tag, keeping the worst one a step of this run already set,
+    and `integration_hub/integration` when the run has none (a materialization started from the UI)."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:  # not a run this instance knows (e.g. a direct asset invocation in a test)
+        return
+    tags = {TAG_OUTCOME: worst(run.tags.get(TAG_OUTCOME), outcome) or outcome}
+    if integration and TAG_INTEGRATION not in run.tags:
+        tags[TAG_INTEGRATION] = integration
+    # DagsterInstance.add_run_tags is what Dagster's own daemons use to tag a running run; no
+    # decorated public API adds a tag from inside a run.
+    instance.add_run_tags(run_id, tags)
+
+
+def publish_outcome(context: dg.AssetExecutionContext, integration: str | None, outcome: RunOutcome) -> None:
+    """Tag the run with its outcome; a failed outcome fails the step (a red run) with the reason."""
+    tag_outcome(context.instance, context.run_id, outcome.outcome, integration)
+    if outcome.outcome == "failed":
+        context.log.error(outcome.reason)
+        raise dg.Failure(description=outcome.reason, allow_retries=False)
+    if outcome.outcome == "partial":
+        context.log.warning(f"partial run: {outcome.reason}")
 
 
 def build_user_profiles(catalog: Catalog) -> dg.AssetsDefinition:
@@ -174,6 +219,15 @@ def warehouse_resource(catalog: Catalog) -> WarehouseResource:
     )
 
 
+@dg.failure_hook(name="integration_hub_outcome_failed")
+def outcome_failed(context: dg.HookContext) -> None:
+    """Any failed step makes the run's outcome `failed` (the step raised: its reason is the run's)."""
+    try:
+        tag_outcome(context.instance, context.run_id, "failed")
+    except Exception as exc:  # noqa: BLE001 - tagging must not mask the real failure
+        context.log.warning(f"could not tag the run as failed: {exc}")
+
+
 def integration_job(
     integration: Integration, selection: Sequence[dg.AssetKey], description: str, hooks: set | None = None
 ) -> UnresolvedAssetJobDefinition:
@@ -183,7 +237,7 @@ def integration_job(
         selection=dg.AssetSelection.assets(*selection),
         executor_def=dg.in_process_executor,  # one small step after another: no process per step
         tags={TAG_INTEGRATION: integration.name},
-        hooks=hooks,
+        hooks={outcome_failed, *(hooks or ())},
         description=description,
     )
 
@@ -223,3 +277,27 @@ def integration_schedule(
         return dg.RunRequest(tags={TAG_TRIGGER: "schedule"})
 
     return _schedule
+
+
+def after_inbound_sensors(
+    integration: FileExportIntegration | SalesforceIntegration, job: UnresolvedAssetJobDefinition
+) -> list[dg.SensorDefinition]:
+    """With `run_after_inbound: true`, a sensor that runs the outbound job once user_profiles is refreshed
+    (after any inbound run that applied data), so the report and what it feeds follow the sources."""
+    name = sensor_name(integration)
+    if not integration.run_after_inbound or name is None:
+        return []
+
+    @dg.asset_sensor(
+        asset_key=USER_PROFILES_KEY,
+        job=job,
+        name=name,
+        minimum_interval_seconds=AFTER_INBOUND_INTERVAL_SECONDS,
+        default_status=sensor_status(integration),
+        description=f"Runs {integration.name} after each inbound run that refreshed user_profiles.",
+    )
+    def _after_inbound(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry) -> dg.RunRequest:
+        # One run per refresh: the run key names the run that refreshed user_profiles.
+        return dg.RunRequest(run_key=f"user_profiles-{asset_event.run_id}", tags={TAG_TRIGGER: "after_inbound"})
+
+    return [_after_inbound]

@@ -36,6 +36,8 @@ PROPERTY_TYPES: tuple[str, ...] = ("string", "number", "boolean", "date", "datet
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 RESERVED_COLUMNS = {"user_id", "_updated_at", "_source"}
 DEFAULT_MAX_FILE_BYTES = 1024**3
+DEFAULT_MAX_LINE_BYTES = 2 * 1024**2  # one CSV row (all its cells); DuckDB's reader default is 2 MB
+MAX_LINE_BYTES_LIMIT = 32 * 1024**2  # DuckDB holds a few read buffers of 4x this per thread
 CATALOG_ENV = "INTEGRATION_HUB_CATALOG"
 
 
@@ -178,6 +180,7 @@ class CsvIntegration(_IntegrationBase):
     on_blank: Literal["keep", "clear"] = "keep"
     max_rejected_ratio: float = Field(default=0.1, ge=0, le=1)
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, gt=0)
+    max_line_bytes: int = Field(default=DEFAULT_MAX_LINE_BYTES, ge=64 * 1024, le=MAX_LINE_BYTES_LIMIT)
     delimiter: str | None = None  # None: detected by DuckDB's sniffer
     encoding: Literal["utf-8", "utf-16", "latin-1"] = "utf-8"
 
@@ -233,12 +236,13 @@ class SalesforceIntegration(_IntegrationBase):
     salesforce_key: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     fields: list[SalesforceField] = Field(min_length=1)
     schedule: str = "0 9 * * *"
+    run_after_inbound: bool = False  # also run right after an inbound run refreshes user_profiles
     on_multiple_matches: Literal["skip", "update_all"] = "skip"
     bulk_threshold: int = Field(default=2000, ge=1)
 
 
 class FileExportIntegration(_IntegrationBase):
-    """Outbound CSV files of a report into S3 or Azure Blob."""
+    """Outbound CSV files of a report into S3, Azure Blob or a local folder."""
 
     type: Literal["file_export"]
     connection: str
@@ -250,6 +254,7 @@ class FileExportIntegration(_IntegrationBase):
     escape_formulas: bool = True
     overwrite: bool = False
     schedule: str = "0 9 * * *"
+    run_after_inbound: bool = False  # also run right after an inbound run refreshes user_profiles
 
     @field_validator("folder")
     @classmethod
@@ -805,7 +810,7 @@ def semantic_problems(catalog: Catalog) -> Iterable[str]:
         wanted = {
             "s3_csv": (S3Connection, LocalConnection),
             "salesforce": (SalesforceConnection,),
-            "file_export": (S3Connection, AzureBlobConnection),
+            "file_export": (S3Connection, AzureBlobConnection, LocalConnection),
         }.get(integration.type)
         if wanted is not None:
             connection_name = integration.connection  # type: ignore[union-attr]

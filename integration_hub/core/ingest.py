@@ -340,7 +340,7 @@ def apply_source(
         ratio = rows_rejected / rows_read if rows_read else 1.0
         applying = False
         if rows_read == 0:
-            run.status, run.message = "failed", "no rows: the source has a header but no data rows"
+            run.status, run.message = "failed", "no rows: the source has a header but no data rows: send it again with the data rows below the header"
         elif valid_rows == 0:
             run.status, run.message = "failed", f"no valid row: all {rows_read} rows were rejected (see rejected_rows)"
         elif ratio > max_rejected_ratio:

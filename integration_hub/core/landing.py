@@ -8,7 +8,6 @@ files stays cheap to watch.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 from collections.abc import Iterator
@@ -323,10 +322,3 @@ def landing_store(catalog: Catalog, connection: Connection) -> LandingStore:
         return S3LandingStore(s3_client(connection), connection.bucket, connection.prefix)
     raise LandingError(f"connection {connection.name!r} ({connection.type}) does not hold inbound files")
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

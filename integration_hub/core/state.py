@@ -34,7 +34,11 @@ telemetry:
 
 
 def sensor_name(integration: Integration) -> str | None:
-    return f"{integration.name}_sensor" if isinstance(integration, CsvIntegration | ApiIntegration) else None
+    """Inbound integrations have a sensor; outbound ones when they run after each inbound run."""
+    has_sensor = isinstance(integration, CsvIntegration | ApiIntegration) or getattr(
+        integration, "run_after_inbound", False
+    )
+    return f"{integration.name}_sensor" if has_sensor else None
 
 
 def schedule_name(integration: Integration) -> str | None:

@@ -1,4 +1,4 @@
-"""Writing a report as one CSV file into S3 or Azure Blob Storage.
+"""Writing a report as one CSV file into S3, Azure Blob Storage or a local folder.
 
 DuckDB writes the CSV itself (`COPY (SELECT ...) TO ...`): header row, RFC 4180 quoting
 (fields with a comma, quote, CR or LF are quoted, quotes doubled), CRLF line ends, UTF-8.
@@ -37,12 +37,12 @@ from typing import Any, Literal
 import duckdb
 
 from ..core import timeouts
-from ..core.catalog import AzureBlobConnection, Catalog, FileExportIntegration, S3Connection
+from ..core.catalog import AzureBlobConnection, Catalog, FileExportIntegration, LocalConnection, S3Connection
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.sql import ident, literal
 from ..core.warehouse import ensure_bookkeeping, table_columns
 from ..reports.factory import ReportError, report_table
-from .sinks import AzureBlobSink, FileSink, S3Sink, SinkError, SinkWriter
+from .sinks import AzureBlobSink, FileSink, LocalFolderSink, S3Sink, SinkError, SinkWriter
 
 ExportMode = Literal["fifo", "tempfile"]
 DEFAULT_MODE: ExportMode = "fifo" if hasattr(os, "mkfifo") else "tempfile"
@@ -129,12 +129,14 @@ def plan_export(integration: FileExportIntegration, run_start: datetime) -> Expo
 
 
 def build_sink(catalog: Catalog, connection_name: str, *, for_check: bool = False) -> FileSink:
-    """The sink of an `s3` or `azure_blob` connection (credentials from the catalog's ${ENV}).
+    """The sink of an `s3`, `azure_blob` or `local` connection (credentials from the catalog's ${ENV}).
 
     Its client has the connection's timeouts and retries (core/timeouts.py); `for_check` the
     shorter ones of `check` and `run --dry-run`.
     """
     connection = catalog.connection(connection_name)
+    if isinstance(connection, LocalConnection):
+        return LocalFolderSink(catalog.resolve_path(connection.path))
     if isinstance(connection, S3Connection):
         from ..core.landing import s3_client
 
@@ -158,7 +160,7 @@ def build_sink(catalog: Catalog, connection_name: str, *, for_check: bool = Fals
             **timeouts.azure_client_settings(connection),
         )
     raise ExportError(
-        f"connection {connection_name!r} is a {connection.type} connection: file exports write to s3 or azure_blob"
+        f"connection {connection_name!r} is a {connection.type} connection: file exports write to s3, azure_blob or local"
     )
 
 

@@ -1,7 +1,8 @@
 """One file export integration as Dagster definitions: the export asset, its job and schedule.
 
 The job materializes the report and then exports it, in the same run, so every file holds
-fresh data. There is no sensor: exports run on their schedule or on `integration-hub run`.
+fresh data. Exports run on their schedule, on `integration-hub run`, and with `run_after_inbound: true`
+right after each inbound run that refreshed user_profiles (a sensor).
 """
 
 
@@ -10,9 +11,17 @@ from datetime import datetime, timezone
 import dagster as dg
 import duckdb
 
-from ..core.assets import TAG_INTEGRATION, integration_job, integration_pool, integration_schedule
-from ..core.catalog import Catalog, FileExportIntegration, S3Connection
+from ..core.assets import (
+    TAG_INTEGRATION,
+    after_inbound_sensors,
+    integration_job,
+    integration_pool,
+    integration_schedule,
+    publish_outcome,
+)
+from ..core.catalog import Catalog, FileExportIntegration, LocalConnection, S3Connection
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
+from ..core.outcome import RunOutcome, run_outcome
 from ..core.warehouse import WarehouseResource, ensure_bookkeeping, ensure_schema
 from ..reports.factory import report_failure_hook, report_key
 from .export import KIND, ExportError, run_file_export
@@ -25,6 +34,9 @@ def export_key(integration: FileExportIntegration) -> dg.AssetKey:
 def _target(catalog: Catalog, integration: FileExportIntegration) -> str:
     """Where files go, for descriptions (no SDK client is built at definition load)."""
     connection = catalog.connection(integration.connection)
+    if isinstance(connection, LocalConnection):
+        folder = catalog.resolve_path(connection.path)
+        return f"{folder / integration.folder if integration.folder else folder}/"
     path = "/".join(p for p in (connection.prefix, integration.folder) if p)  # type: ignore[union-attr]
     if isinstance(connection, S3Connection):
         return f"s3://{connection.bucket}/{path + '/' if path else ''}"
@@ -45,7 +57,7 @@ def _run_start(context: dg.AssetExecutionContext) -> datetime:
 def build_file_export_integration(catalog: Catalog, integration: FileExportIntegration) -> dg.Definitions:
     name = integration.name
     connection = catalog.connection(integration.connection)
-    on_s3 = isinstance(connection, S3Connection)
+    storage_kind = {"s3": "s3", "azure_blob": "azure", "local": "file"}.get(connection.type, connection.type)
     target = _target(catalog, integration)
     key = export_key(integration)
     upstream = report_key(integration.report)
@@ -55,7 +67,7 @@ def build_file_export_integration(catalog: Catalog, integration: FileExportInteg
         key=key,
         deps=[upstream],
         group_name=name,
-        kinds={"s3" if on_s3 else "azure", "csv"},
+        kinds={storage_kind, "csv"},
         pool=integration_pool(integration.name),
         tags={TAG_INTEGRATION: name},
         description=(
@@ -66,6 +78,7 @@ def build_file_export_integration(catalog: Catalog, integration: FileExportInteg
         ),
     )
     def export(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        failure = None
         with warehouse.get_connection() as con:
             ensure_schema(con, catalog)
             try:
@@ -78,9 +91,12 @@ def build_file_export_integration(catalog: Catalog, integration: FileExportInteg
                     log=context.log,
                 )
             except ExportError as exc:
-                raise dg.Failure(description=str(exc), allow_retries=False) from None
+                failure = str(exc)
+        if failure is not None:  # recorded as a failed run already; now the Dagster run fails with it
+            publish_outcome(context, name, RunOutcome("failed", failure))
         assert result is not None
         context.log.info(run.message)
+        publish_outcome(context, name, run_outcome([run]))
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": result.rows,
@@ -119,4 +135,6 @@ def build_file_export_integration(catalog: Catalog, integration: FileExportInteg
         integration, job, f"Exports report {integration.report} to {target} on this schedule (UTC)."
     )
 
-    return dg.Definitions(assets=[export], jobs=[job], schedules=[export_schedule])
+    return dg.Definitions(
+        assets=[export], jobs=[job], schedules=[export_schedule], sensors=after_inbound_sensors(integration, job)
+    )

@@ -1,4 +1,4 @@
-"""Atomic, streaming file writers for S3 and Azure Blob Storage.
+"""Atomic, streaming file writers for S3, Azure Blob Storage and a local folder.
 
 A sink writes one file per ``open_write`` call. Data is buffered in parts of
 ``part_size`` bytes (8 MiB by default); at most one part is being filled while
@@ -12,6 +12,9 @@ block exits cleanly:
 * Azure: ``Put Block`` per part and ``Put Block List`` at the end (also for
   small files: one block, one commit). On error nothing is committed; the
   service garbage-collects uncommitted blocks after 7 days.
+* Local folder: a hidden temporary file in the target's own folder, fsync'ed,
+  then renamed to its name (a hard link when it must not replace a file), so
+  a reader sees the whole file or none; on error the temporary file is removed.
 
 Every error that is the service's (or the configuration's) fault is raised as
 :class:`SinkError` with a one-line message that says what failed and how to
@@ -20,13 +23,16 @@ fix it, and never contains credentials.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
@@ -46,6 +52,7 @@ __all__ = [
     "DEFAULT_PART_SIZE",
     "AzureBlobSink",
     "FileSink",
+    "LocalFolderSink",
     "S3Sink",
     "SinkError",
     "SinkWriter",
@@ -901,3 +908,175 @@ class _AzureWriter(_StreamingWriter[str]):
         # Uncommitted blocks cannot be deleted individually; the service drops
         # them after 7 days (or when the next commit to this name happens).
         logger.debug("discarding %d uncommitted block(s) for %s", len(self._parts), self._url)
+
+
+# --------------------------------------------------------------------------- local folder
+
+TEMP_MARKER = ".integration_hub_partial-"  # a file being written: ignored by readers, removed on error
+
+
+class LocalFolderSink:
+    """Writes files under a folder on this machine (a `local` connection's `path`)."""
+
+    def __init__(self, root: str | os.PathLike[str], prefix: str = "") -> None:
+        self.root = Path(root)
+        self.prefix = prefix.strip("/")
+
+    def __repr__(self) -> str:
+        return f"LocalFolderSink(root={str(self.root)!r}, prefix={self.prefix!r})"
+
+    def path(self, key: str) -> Path:
+        """The file's path for ``key`` (prefix applied); never outside the root."""
+        relative = _join_key(self.prefix, key)
+        if any(part in ("", ".", "..") for part in relative.split("/")):
+            raise ValueError(f"file key {key!r} must not contain empty, '.' or '..' parts")
+        return self.root.joinpath(*relative.split("/"))
+
+    def url(self, key: str) -> str:
+        """The file's path, as the user knows the folder."""
+        return str(self.path(key))
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def open_write(
+        self,
+        key: str,
+        *,
+        overwrite: bool = False,
+        content_type: str = "text/csv",
+        content_encoding: str | None = None,
+    ) -> _LocalWriter:
+        """Stream a file; it appears under its name when the ``with`` block exits cleanly.
+
+        A folder has no content type or encoding: the file's name says what it is (``.csv.gz``).
+        """
+        return _LocalWriter(self.path(key), overwrite)
+
+    def check_write_permission(self) -> None:
+        """Create the folder if needed, then write, fsync and delete a marker file in it."""
+        folder = self.path("x").parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            marker = folder / f"{WRITE_TEST_MARKER}{uuid.uuid4().hex}"
+            with open(marker, "xb") as handle:
+                os.fsync(handle.fileno())
+            marker.unlink()
+        except OSError as exc:
+            raise _local_error(exc, "write a test file in", folder) from exc
+
+
+def _local_error(exc: OSError, action: str, path: Path) -> SinkError:
+    """One line: what failed, where (the folder path as configured) and how to fix it."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "give the user running integration_hub write access to it, or change the connection's `path`"
+    elif exc.errno == errno.ENOSPC:
+        hint = "free disk space there, or change the connection's `path`"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        reason = "a file stands where a folder is needed"
+        hint = "move it, or change the connection's `path` or the export's `folder`"
+    else:
+        hint = "check the connection's `path`"
+    return SinkError(f"Could not {action} {path}: {reason}; {hint}.", code=errno.errorcode.get(exc.errno or 0))
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); not possible on every platform or filesystem."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _LocalWriter:
+    def __init__(self, path: Path, overwrite: bool) -> None:
+        self._path = path
+        self._overwrite = overwrite
+        self._temp = path.with_name(f"{TEMP_MARKER}{uuid.uuid4().hex}-{path.name}")
+        self._handle: Any = None
+        self._state = "new"
+        self._bytes_written = 0
+
+    @property
+    def bytes_written(self) -> int:
+        return self._bytes_written
+
+    @property
+    def url(self) -> str:
+        return str(self._path)
+
+    def __enter__(self) -> _LocalWriter:
+        if self._state != "new":
+            raise RuntimeError("a sink writer can only be entered once")
+        # Fail before the caller produces any data if the target is taken.
+        if not self._overwrite and self._path.exists():
+            raise FileExistsError(_exists_message(self.url))
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self._temp, "xb")
+        except OSError as exc:
+            raise _local_error(exc, "create a file in", self._path.parent) from exc
+        self._state = "open"
+        return self
+
+    def write(self, data: bytes) -> None:
+        if self._state != "open":
+            raise ValueError(f"writer for {self.url} is not open (use it inside `with`)")
+        view = memoryview(data).cast("B")
+        try:
+            self._handle.write(view)
+        except OSError as exc:
+            raise _local_error(exc, "write", self._path) from exc
+        self._bytes_written += len(view)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._state != "open":
+            return False
+        self._state = "closed"
+        try:
+            if exc_type is None:
+                self._publish()
+        finally:
+            if not self._handle.closed:
+                self._handle.close()
+            self._temp.unlink(missing_ok=True)
+        return False
+
+    def _publish(self) -> None:
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+        except OSError as exc:
+            raise _local_error(exc, "write", self._path) from exc
+        try:
+            if self._overwrite:
+                os.replace(self._temp, self._path)
+            else:
+                # A hard link never replaces a file: a file created since the check wins.
+                os.link(self._temp, self._path)
+        except FileExistsError:
+            raise FileExistsError(_exists_message(self.url)) from None
+        except OSError as exc:
+            if self._overwrite or exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise _local_error(exc, "publish", self._path) from exc
+            # No hard links on this filesystem: check again, then rename (a narrow race remains).
+            if self._path.exists():
+                raise FileExistsError(_exists_message(self.url)) from None
+            try:
+                os.replace(self._temp, self._path)
+            except OSError as again:
+                raise _local_error(again, "publish", self._path) from again
+        _fsync_folder(self._path.parent)

@@ -12,9 +12,7 @@ import duckdb
 
 from ..core.catalog import Catalog, CsvIntegration
 from ..core.landing import LandingError, LandingFile, LandingStore, landing_store
-from .reader import CsvFileError, inspect_csv
-
-HEAD_BYTES = 1024 * 1024
+from .reader import HEAD_BYTES, CsvFileError, inspect_file_head
 
 
 @dataclass
@@ -38,17 +36,19 @@ def sample_of(store: LandingStore, file: LandingFile, work_dir: Path, size: int 
 
 
 def _header_problem(store: LandingStore, integration: CsvIntegration, file: LandingFile) -> str | None:
+    where = store.url(file.key)
     if file.size == 0:
-        return f"{file.name} is empty (0 bytes)"
+        return f"{where} is empty (0 bytes): export it again with a header row and data rows"
     if file.size > integration.max_file_bytes:
-        return f"{file.name} is {file.size:,} bytes, over max_file_bytes ({integration.max_file_bytes:,})"
+        return f"{where} is {file.size:,} bytes, over max_file_bytes ({integration.max_file_bytes:,})"
+    raw_head = store.read_head(file, min(file.size, HEAD_BYTES))
     with tempfile.TemporaryDirectory(prefix="integration-hub-check-") as tmp:
-        sample = sample_of(store, file, Path(tmp))
         con = duckdb.connect()
         try:
-            inspect_csv(con, sample, integration)
+            gzipped = file.name.lower().endswith(".gz")
+            inspect_file_head(con, raw_head, file.size, gzipped, integration, where, Path(tmp))
         except CsvFileError as exc:
-            return f"{file.name}: {exc}"
+            return str(exc)
         finally:
             con.close()
     return None

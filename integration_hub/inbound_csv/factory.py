@@ -74,9 +74,11 @@ def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.D
                 context.log.info(f"[{number}/{len(pending)}] {file.key} ({file.size:,} bytes)")
                 run = process_file(con, store, integration, file, context.run_id, progress=context.log.info)
                 if run is not None:
+                    for warning in run.details.get("warnings", []):
+                        context.log.warning(f"{run.source}: {warning}")
                     context.log.info(run.summary())
                     runs.append(run)
-            return attributes_result(con, integration, runs)
+            return attributes_result(context, con, integration, runs)
 
     job = integration_job(
         integration, [table_key, USER_PROFILES_KEY], f"Process the pending CSV files of {name} and refresh user_profiles."

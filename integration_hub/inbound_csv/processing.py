@@ -14,7 +14,6 @@ import logging
 import posixpath
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,10 +21,20 @@ import duckdb
 
 from ..core.catalog import CsvIntegration
 from ..core.ingest import Progress, RunRecord, apply_source, new_run_id, now_utc, record_failure, record_run
-from ..core.landing import LandingFile, LandingStore, sha256_of, stem
+from ..core.landing import LandingFile, LandingStore, stem
 from ..core.sql import literal
 from ..core.warehouse import ensure_bookkeeping, transaction
-from .reader import CsvFileError, csv_source_sql, explain_read_error, inspect_csv, needs_serial_scan
+from .content import FileDigest, digest_file, explain_gzip
+from .diagnose import diagnose, explain_read_error
+from .reader import (
+    HEAD_BYTES,
+    CsvFileError,
+    CsvShape,
+    csv_source_sql,
+    human_bytes,
+    inspect_file_head,
+    needs_serial_scan,
+)
 
 log = logging.getLogger(__name__)
 ERROR_COLUMNS = ("row_number", "user_id", "column_name", "value", "reason")
@@ -37,14 +46,6 @@ class DuplicateFile(Exception):
 
     def __init__(self, earlier_run: str) -> None:
         self.earlier_run = earlier_run
-
-
-def _human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 def _record_file(con: duckdb.DuckDBPyConnection, run: RunRecord, file: LandingFile, sha256: str | None) -> None:
@@ -142,14 +143,14 @@ def process_file(
                 con,
                 run,
                 file,
-                f"the file is {_human_bytes(file.size)}, over the limit of {_human_bytes(integration.max_file_bytes)} "
+                f"{run.source} is {human_bytes(file.size)}, over the limit of {human_bytes(integration.max_file_bytes)} "
                 "(max_file_bytes): split it into smaller files or raise max_file_bytes",
                 None,
             )
             run.details["moved_to"] = _finish(con, store, file, run, work_dir)
             return run
         if file.size == 0:
-            _fail(con, run, file, "the file is empty (0 bytes): export it again with a header row and data rows", None)
+            _fail(con, run, file, f"{run.source} is empty (0 bytes): export it again with a header row and data rows", None)
             run.details["moved_to"] = _finish(con, store, file, run, work_dir)
             return run
         fetch_started = time.perf_counter()
@@ -159,14 +160,23 @@ def process_file(
             log.info("%s is gone: another run processed it", file.key)
             return None
         if progress is not None:
-            progress(f"fetched {_human_bytes(file.size)} in {time.perf_counter() - fetch_started:.1f} s")
+            progress(f"fetched {human_bytes(file.size)} in {time.perf_counter() - fetch_started:.1f} s")
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            # Hashing overlaps DuckDB's work; it is needed only before the commit.
-            digest: Future[str] = pool.submit(sha256_of, path)
-            run = _apply_file(con, integration, file, path, run, digest, progress)
+            # Hashing (and checking a gzip stream) overlaps DuckDB's work; it is needed only before the commit.
+            digest: Future[FileDigest] = pool.submit(digest_file, path, file.name.lower().endswith(".gz"))
+            run = _apply_file(con, integration, file, path, work_dir, run, digest, progress)
         run.details["moved_to"] = _finish(con, store, file, run, work_dir)
     return run
+
+
+def _is_read_error(exc: duckdb.Error, path: Path) -> bool:
+    """An error about the file's content (as opposed to the warehouse)."""
+    return (
+        isinstance(exc, (duckdb.InvalidInputException, duckdb.ConversionException))
+        or needs_serial_scan(exc)
+        or (isinstance(exc, duckdb.IOException) and str(path) in str(exc))
+    )
 
 
 def _apply_file(
@@ -174,48 +184,92 @@ def _apply_file(
     integration: CsvIntegration,
     file: LandingFile,
     path: Path,
+    work_dir: Path,
     run: RunRecord,
-    digest: Future[str],
+    digest: Future[FileDigest],
     progress: Progress | None,
 ) -> RunRecord:
+    where = run.source
+    gzipped = file.name.lower().endswith(".gz")
+
     def before_commit(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
-        sha256 = digest.result()
-        earlier = _applied_before(con, integration.name, sha256)
+        checked = digest.result()
+        if checked.gzip_problem:
+            raise CsvFileError(explain_gzip(checked.gzip_problem, where))
+        earlier = _applied_before(con, integration.name, checked.sha256)
         if earlier is not None:
             raise DuplicateFile(earlier)
-        _record_file(con, run, file, sha256)
+        _record_file(con, run, file, checked.sha256)
 
-    try:
-        shape = inspect_csv(con, path, integration)
-    except CsvFileError as exc:
-        _fail(con, run, file, str(exc), digest.result())
-        return run
+    def attempt(shape: CsvShape, extra: int | None, parallel: bool = True) -> RunRecord:
+        return apply_source(
+            con,
+            integration,
+            csv_source_sql(path, integration, shape, extra, parallel),
+            run,
+            max_rejected_ratio=integration.max_rejected_ratio,
+            row_offset=1,  # the header is row 1, as a spreadsheet shows it
+            before_commit=before_commit,
+            progress=progress,
+        )
 
-    attempt: Callable[[bool], RunRecord] = lambda parallel: apply_source(  # noqa: E731
-        con,
-        integration,
-        csv_source_sql(path, integration, shape, parallel),
-        run,
-        max_rejected_ratio=integration.max_rejected_ratio,
-        row_offset=1,  # the header is row 1, as a spreadsheet shows it
-        before_commit=before_commit,
-        progress=progress,
-    )
-    try:
+    def unreadable(exc: duckdb.Error) -> CsvFileError:
+        """Why a read failed: a broken gzip stream first, else DuckDB's error in the file's own words.
+        An error that is not about the file (the warehouse's) is raised as it is."""
+        checked = digest.result()
+        if checked.gzip_problem:
+            return CsvFileError(explain_gzip(checked.gzip_problem, where))
+        if not _is_read_error(exc, path):
+            raise exc
+        return CsvFileError(explain_read_error(exc, integration, where, path, work_dir))
+
+    def read_after_failure(shape: CsvShape, extra: int | None, failure: duckdb.Error) -> RunRecord:
+        """The error path: find every row that does not fit. A broken row fails the file (diagnose
+        raises); rows with too few or too many cells are read padded and rejected one by one."""
+        if digest.result().gzip_problem or not _is_read_error(failure, path):
+            raise unreadable(failure)
         try:
-            return attempt(True)
+            diagnosis = diagnose(con, path, integration, shape, where)
         except duckdb.Error as exc:
-            if not needs_serial_scan(exc):
-                raise
-            return attempt(False)
+            raise unreadable(exc) from None
+        if not (diagnosis.ragged_rows or needs_serial_scan(failure)):
+            raise unreadable(failure)
+        extra = max(extra or 0, diagnosis.widest - shape.width)
+        # DuckDB's serial scanner misses a quote left open at the end of the file; the scan above
+        # has ruled that out, so it is safe here for files whose quoted line breaks need it.
+        parallel = not needs_serial_scan(failure)
+        try:
+            return attempt(shape, extra, parallel)
+        except duckdb.Error as exc:
+            if not (parallel and needs_serial_scan(exc)):
+                raise unreadable(exc) from None
+        try:
+            return attempt(shape, extra, parallel=False)
+        except duckdb.Error as exc:
+            raise unreadable(exc) from None
+
+    try:
+        with open(path, "rb") as handle:
+            raw_head = handle.read(HEAD_BYTES)
+        shape = inspect_file_head(con, raw_head, file.size, gzipped, integration, where, work_dir)
+        if shape.warnings:
+            run.details["warnings"] = shape.warnings
+            for warning in shape.warnings:
+                log.warning("%s: %s", where, warning)
+        # Strict (every row the header's width) unless the head already shows wider rows, such as
+        # a trailing delimiter on every row: then padded, with that many cells past the header.
+        extra = shape.widest_sampled - shape.width or None
+        try:
+            return attempt(shape, extra)
+        except duckdb.Error as failure:
+            return read_after_failure(shape, extra, failure)
     except DuplicateFile as duplicate:
         run.status, run.rows_applied = "skipped", 0
         run.message = f"identical content was already applied by run {duplicate.earlier_run}: not applied twice"
         with transaction(con):
             record_run(con, run)
-            _record_file(con, run, file, digest.result())
+            _record_file(con, run, file, digest.result().sha256)
         return run
-    except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-        # Problems in the file's body that DuckDB's reader finds while scanning it.
-        _fail(con, run, file, explain_read_error(exc, integration), digest.result())
+    except CsvFileError as exc:
+        _fail(con, run, file, str(exc), digest.result().sha256)
         return run

@@ -10,9 +10,10 @@ from collections.abc import Callable
 import dagster as dg
 import duckdb
 
-from ..core.assets import USER_PROFILES_KEY, attributes_key
+from ..core.assets import USER_PROFILES_KEY, attributes_key, publish_outcome
 from ..core.catalog import Catalog, Report
 from ..core.ingest import table_preview
+from ..core.outcome import RunOutcome
 from ..core.sql import ident
 from ..core.warehouse import WarehouseResource, ensure_schema, transaction
 
@@ -64,12 +65,21 @@ def build_report(catalog: Catalog, report: Report) -> dg.AssetsDefinition:
         pool=f"report_{report.name}",  # one materialization of a report at a time
         description=report.description or f"Report `{report.name}`:\n\n```sql\n{report.sql.strip()}\n```",
     )
-    def report_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    def report_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         with warehouse.get_connection() as con:
             ensure_schema(con, catalog)
-            rows = materialize_report(con, report)
+            try:
+                rows = materialize_report(con, report)
+            except ReportError as exc:
+                failure = str(exc)
+            else:
+                failure = None
+            if failure is not None:
+                publish_outcome(context, None, RunOutcome("failed", failure))
             columns = [d[0] for d in con.execute(f"DESCRIBE {ident(report_table(report.name))}").fetchall()]
             preview = table_preview(con, report_table(report.name))
+        # An outbound step later in the same run may make the outcome worse (tags keep the worst).
+        publish_outcome(context, None, RunOutcome("success", f"report {report.name!r}: {rows} rows"))
         return dg.MaterializeResult(
             metadata={"dagster/row_count": rows, "columns": columns, "preview": dg.MetadataValue.md(preview)}
         )

@@ -3,17 +3,27 @@
 The asset `salesforce_<name>` ("Salesforce exports") is the snapshot of what was last sent to
 Salesforce per key (table `salesforce_snapshots`); it sits downstream of the report, so the
 lineage CSV/API -> attributes -> user_profiles -> report -> Salesforce shows in the asset graph.
-The job materializes the report and then syncs it, in one run. No sensor: the schedule (daily
-09:00 UTC by default) or `integration-hub run NAME` starts it.
+The job materializes the report and then syncs it, in one run. The schedule (daily 09:00 UTC by
+default) or `integration-hub run NAME` starts it; with `run_after_inbound: true` a sensor also
+starts it right after each inbound run that refreshed user_profiles.
 """
 
 
 import dagster as dg
 import duckdb
 
-from ..core.assets import TAG_INTEGRATION, integration_job, integration_pool, integration_schedule
+from ..core.assets import (
+    RECORDS_CHECK,
+    TAG_INTEGRATION,
+    after_inbound_sensors,
+    integration_job,
+    integration_pool,
+    integration_schedule,
+    publish_outcome,
+)
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
-from ..core.ingest import new_run_id, now_utc
+from ..core.ingest import RunRecord, new_run_id, now_utc
+from ..core.outcome import RunOutcome, run_outcome
 from ..core.warehouse import WarehouseResource, ensure_schema, transaction
 from ..reports.factory import report_failure_hook, report_key
 from .auth import login_host
@@ -61,6 +71,14 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         kinds={"salesforce"},
         pool=integration_pool(integration.name),
         tags={TAG_INTEGRATION: name},
+        check_specs=[
+            dg.AssetCheckSpec(
+                RECORDS_CHECK,
+                asset=key,
+                description="Every report row of the latest sync reached Salesforce: none invalid, none failed. "
+                "Fails with WARN severity on a partial sync (the run is tagged integration_hub/outcome=partial).",
+            )
+        ],
         description=(
             f"Salesforce exports: report `{integration.report}` synced into {target}, update only, matched on "
             f"`{integration.report_key}` = `{integration.salesforce_key}`; fields {fields}. The table "
@@ -76,12 +94,32 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
                 result = run_sync(con, catalog, integration, full_resync=config.full_resync,
                                   dagster_run_id=context.run_id, log=context.log)
             except SyncError as exc:
-                raise dg.Failure(description=str(exc), allow_retries=False) from None
+                failure = str(exc)
+            else:
+                failure = None
+            if failure is not None:  # recorded as a failed sync already; now the Dagster run fails with it
+                publish_outcome(context, name, RunOutcome("failed", failure))
             snapshot_rows = con.execute(
                 "SELECT count(*) FROM salesforce_snapshots WHERE integration = ?", [name]
             ).fetchone()[0]
         context.log.info(result.message)
+        outcome = run_outcome([RunRecord(run_id=result.run_id, integration=name, kind="salesforce",
+                                         source=f"{integration.report} -> {integration.object}",
+                                         started_at=result.started_at, status=result.hub_status,  # type: ignore[arg-type]
+                                         rows_rejected=result.counts["invalid"] + result.counts["failed"],
+                                         message=result.message)])
+        publish_outcome(context, name, outcome)
         return dg.MaterializeResult(
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=RECORDS_CHECK,
+                    passed=outcome.ok,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=outcome.reason,
+                    metadata={"outcome": outcome.outcome, "invalid": result.counts["invalid"],
+                              "failed": result.counts["failed"]},
+                )
+            ],
             metadata={
                 "dagster/row_count": snapshot_rows,
                 "integration_run_id": result.run_id,
@@ -116,4 +154,6 @@ def build_salesforce_integration(catalog: Catalog, integration: SalesforceIntegr
         integration, job, f"Syncs report {integration.report} into Salesforce {integration.object} (UTC)."
     )
 
-    return dg.Definitions(assets=[sync], jobs=[job], schedules=[sync_schedule])
+    return dg.Definitions(
+        assets=[sync], jobs=[job], schedules=[sync_schedule], sensors=after_inbound_sensors(integration, job)
+    )
