@@ -956,7 +956,8 @@ def report_part2(results: dict[str, Any], summary: list[tuple[str, str, str, str
         for label, seconds in c.batches.items():
             if label == FLOOR_BATCH:
                 continue
-            summary.append((f"2c API batch sent {label}: ack to queryable", _s(seconds), f"no apply {_s(floor)}",
+            failed = f" ({len(c.watch_errors)} failed reads meanwhile)" if c.watch_errors else ""
+            summary.append((f"2c API batch sent {label}: ack to queryable", _s(seconds) + failed, f"no apply {_s(floor)}",
                             _ratio(seconds, floor), f"< {MAX_ACK_TO_QUERYABLE:.0f} s",
                             "PASS" if seconds is not None and seconds < MAX_ACK_TO_QUERYABLE else "FAIL"))
         ok &= all(code == 0 for _, _, code in c.api_runs)
