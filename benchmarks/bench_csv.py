@@ -258,17 +258,17 @@ def size_note(size: int) -> int | None:
 
 
 def land_file(client: Any, csv_path: Path) -> None:
-    """Put the file in the pending folder: copy it back from success/ if a run moved it, else upload it."""
+    """Put the file in the pending folder (upload it unless it is there); remove what runs moved elsewhere.
+
+    Not a copy back from success/: moto gives a copy of a multipart upload a checksum its
+    content does not match, and the next download fails its check (FlexibleChecksumError).
+    """
     from boto3.s3.transfer import TransferConfig
 
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/{INTEGRATION}/").get("Contents", [])
     keys = {o["Key"] for o in listed}
     if PENDING_KEY not in keys:
-        moved = [k for k in keys if k.endswith(FILE_NAME) and "/success/" in k]
-        if moved:
-            client.copy_object(Bucket=BUCKET, Key=PENDING_KEY, CopySource={"Bucket": BUCKET, "Key": moved[0]})
-        else:
-            client.upload_file(str(csv_path), BUCKET, PENDING_KEY, Config=TransferConfig(multipart_chunksize=64 * MB))
+        client.upload_file(str(csv_path), BUCKET, PENDING_KEY, Config=TransferConfig(multipart_chunksize=64 * MB))
     for key in keys - {PENDING_KEY}:
         client.delete_object(Bucket=BUCKET, Key=key)
 

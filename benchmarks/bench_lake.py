@@ -125,7 +125,6 @@ def poll_counts(catalog_path: str, interval: float, answered: Any, stop: Any, re
     from integration_hub.core.warehouse import open_reader
 
     catalog = load_catalog(catalog_path)
-    samples = []
     while not stop.is_set():
         at, started = time.time(), time.perf_counter()
         count, error, opened = None, None, 0.0
@@ -137,12 +136,11 @@ def poll_counts(catalog_path: str, interval: float, answered: Any, stop: Any, re
         except Exception as exc:  # a reader that fails is what this measures: keep the reason
             error = str(exc).splitlines()[0]
         seconds = time.perf_counter() - started
-        samples.append(Answer(at, seconds, opened, count, error))
+        results.put(Answer(at, seconds, opened, count, error))
         with answered.get_lock():
             answered.value += 1
         stop.wait(max(0.0, interval - seconds))
-    results.send(samples)
-    results.close()
+    results.put(None)
 
 
 def hold_reader(catalog_path: str, interval: float, user: str, stop: Any, ready: Any, results: Any) -> None:
@@ -150,7 +148,6 @@ def hold_reader(catalog_path: str, interval: float, user: str, stop: Any, ready:
     from integration_hub.core.catalog import load_catalog
     from integration_hub.core.warehouse import open_reader
 
-    samples = []
     with open_reader(load_catalog(catalog_path)) as con:
         assert con is not None
         con.execute("SELECT count(*) FROM user_profiles WHERE user_id = ?", [user]).fetchone()
@@ -158,13 +155,16 @@ def hold_reader(catalog_path: str, interval: float, user: str, stop: Any, ready:
         while not stop.wait(interval):
             at, started = time.time(), time.perf_counter()
             con.execute("SELECT count(*) FROM user_profiles WHERE user_id = ?", [user]).fetchone()
-            samples.append((at, time.perf_counter() - started))
-    results.send(samples)
-    results.close()
+            results.put((at, time.perf_counter() - started))
+    results.put(None)
 
 
 class Child:
-    """A spawned child running `target(*args, stop, [ready,] results)` until stopped; its results at stop()."""
+    """A spawned child running `target(*args, [counter,] stop, [ready,] results)` until stopped.
+
+    The child puts each result on the `results` queue as it goes and None when it ends, so a
+    child that dies leaves what it measured until then; stop() returns those results.
+    """
 
     def __init__(self, target: Any, *args: Any, ready: bool = False, counter: bool = False) -> None:
         context = multiprocessing.get_context("spawn")
@@ -173,11 +173,11 @@ class Child:
             args = (*args, self.counter)
         self.stop_event = context.Event()
         self.ready = context.Event() if ready else None
-        self.receiver, sender = context.Pipe(duplex=False)
-        extra = (self.stop_event, self.ready, sender) if ready else (self.stop_event, sender)
+        self.results = context.Queue()
+        extra = (self.stop_event, self.ready, self.results) if ready else (self.stop_event, self.results)
         self.process = context.Process(target=target, args=(*args, *extra))
         self.process.start()
-        sender.close()
+        self.exit_note = ""
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         if self.ready is not None and not self.ready.wait(timeout):
@@ -187,18 +187,33 @@ class Child:
         """Until the child counted `count` (e.g. answers)."""
         deadline = time.monotonic() + timeout
         while self.counter is not None and self.counter.value < count:
-            if time.monotonic() > deadline or not self.process.is_alive():
-                raise RuntimeError("the polling analyst did not answer")
+            if not self.process.is_alive():
+                raise RuntimeError(f"the polling analyst's process died (exit code {self.process.exitcode})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the polling analyst did not answer {count - self.counter.value} times in {timeout:.0f} s")
             time.sleep(0.1)
 
-    def stop(self) -> Any:
+    def stop(self, timeout: float = 120.0) -> list[Any]:
+        """Stop the child; everything it measured (also when it died: then `exit_note` says how)."""
+        import queue
+
         self.stop_event.set()
-        try:
-            return self.receiver.recv() if self.receiver.poll(120) else None
-        except EOFError:
-            return None
-        finally:
-            self.process.join(30)
+        items: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                item = self.results.get(timeout=0.5)
+            except queue.Empty:
+                if not self.process.is_alive():
+                    break
+                continue
+            if item is None:
+                break
+            items.append(item)
+        self.process.join(30)
+        if self.process.exitcode not in (0, None):
+            self.exit_note = f"its process died (exit code {self.process.exitcode})"
+        return items
 
 
 # ---------------------------------------------------------------------------- part 2: the API
@@ -402,11 +417,10 @@ class Apply:
     old_count: int | None = None
     new_count: int | None = None
     commit_at: float | None = None  # the commit's snapshot_time (DuckLake's)
-    transaction_begun: float | None = None  # the apply's transaction: when the CSV run took the write lock
-    transaction_ended: float | None = None  # and when it let go of it (committed)
     transactions: list[list[Any]] = field(default_factory=list)  # every hold of the lock: [begun, ended, batch, 202 at]
     transaction_batches: dict[str, float | None] = field(default_factory=dict)  # batch -> seconds to visible
     watch_errors: list[str] = field(default_factory=list)  # the batch watcher's failed reads
+    analyst_failure: str = ""  # the analyst's process died or stopped answering
     batches: dict[str, float | None] = field(default_factory=dict)  # label -> seconds to visible
     batch_acks: dict[str, float] = field(default_factory=dict)  # label -> seconds after the CLI started
     api_runs: list[tuple[float, float, int]] = field(default_factory=list)
@@ -508,7 +522,8 @@ def _apply_with_held_reader(args: argparse.Namespace, part: Path, catalog: Path,
         apply.started_at = time.time()
         apply.measured = csvb.run_ours(catalog, part, args.memory_limit)
     finally:
-        apply.analyst = analyst.stop() or []
+        apply.analyst = analyst.stop()
+        apply.analyst_failure = analyst.exit_note
 
 
 def _apply_with_poller_and_api(args: argparse.Namespace, part: Path, catalog: Path, apply: Apply) -> None:
@@ -564,12 +579,14 @@ def _apply_with_poller_and_api(args: argparse.Namespace, part: Path, catalog: Pa
         apply.measured = box[0]
         end = apply.started_at + apply.measured.seconds
         longest = max(apply.transactions, key=lambda t: (t[1] or end) - t[0], default=None)
-        if longest is not None:
-            apply.transaction_begun, apply.transaction_ended = longest[0], longest[1] or end
-            if longest[3] is not None:
-                apply.batch_acks[IN_TRANSACTION] = longest[3] - apply.started_at
-        poller.wait_count(poller.counter.value + 3 if poller.counter else 0)  # a few answers after the apply
-        apply.analyst = poller.stop() or []
+        if longest is not None and longest[3] is not None:
+            apply.batch_acks[IN_TRANSACTION] = longest[3] - apply.started_at
+        try:
+            poller.wait_count(poller.counter.value + 3 if poller.counter else 0)  # a few answers after the apply
+        except RuntimeError as exc:
+            apply.analyst_failure = str(exc)
+        apply.analyst = poller.stop()
+        apply.analyst_failure = apply.analyst_failure or poller.exit_note
         poller = None
         watcher.wait_for(list(watcher.watching), timeout=MAX_ACK_TO_QUERYABLE * 5)
         apply.batches[AT_START] = watcher.seen.get("at-start")
@@ -835,10 +852,11 @@ def _polling_analyst(c: Apply) -> list[tuple[str, str, str, str, str, str]]:
     idle = [a for a in answers if a.until < c.started_at]
     during = [a for a in answers if c.started_at <= a.at <= end]
     errors = [a for a in answers if a.error]
-    # Before the write transaction began the lake can only show the old count; once it has
-    # ended (committed) only the new one; an answer overlapping the transaction may show either.
-    begun = c.transaction_begun or c.started_at
-    ended = c.transaction_ended or end
+    # The apply commits in one of the CSV run's holds of the write lock: before the first began
+    # the lake can only show the old count, after the last ended only the new one; an answer
+    # overlapping them may show either (but the answers may switch only once).
+    begun = min((t[0] for t in c.transactions), default=c.started_at)
+    ended = max(((t[1] or end) for t in c.transactions), default=end)
     wrong = [
         a for a in answers if a.error is None
         and ((a.until < begun and a.count != c.old_count) or (a.at > ended and a.count != c.new_count)
@@ -858,17 +876,20 @@ def _polling_analyst(c: Apply) -> list[tuple[str, str, str, str, str, str]]:
         f"{len(during)} during the apply, {len(errors)} errors; latency idle max {_s(idle_max)}, during the apply max "
         f"{_s(worst.seconds if worst else None)} (of which open_reader {_s(worst.open_seconds if worst else None)}), median "
         f"{_s(statistics.median(a.seconds for a in during) if during else None)}\n"
-        f"    count {c.old_count:,} -> {c.new_count:,}; after the CLI started: write transaction seen from {at(c.transaction_begun)} "
-        f"to {at(c.transaction_ended)}, commit snapshot_time {at(c.commit_at)}, the answers switched "
+        f"    count {c.old_count:,} -> {c.new_count:,}; after the CLI started: the CSV run held the write lock between "
+        f"{at(begun)} and {at(ended)} ({len(c.transactions)} time(s)), commit snapshot_time {at(c.commit_at)}, the answers switched "
         f"{switches} time(s); old until the commit and new after: {'yes' if right else 'NO'}"
         + (f" (wrong: {[(round(a.at - c.started_at, 1), a.count) for a in wrong[:5]]})" if wrong else "")
         + (f"\n    failed answers: {[(round(a.at - c.started_at, 1), a.error) for a in errors[:3]]}" if errors else "")
+        + (f"\n    the analyst: {c.analyst_failure} (its last answer began {at(answers[-1].at if answers else None)})"
+           if c.analyst_failure else "")
     )
     ok_latency = worst is not None and worst.seconds < MAX_READ_SECONDS
     return [
         ("2a reader latency during the apply (max)", _s(worst.seconds if worst else None), f"idle max {_s(idle_max)}",
          _ratio(worst.seconds if worst else None, idle_max), f"< {MAX_READ_SECONDS:.0f} s", "PASS" if ok_latency else "FAIL"),
-        ("2a answers that failed", f"{len(errors)} of {len(answers)}", "-", "-", "none", "FAIL" if errors else "PASS"),
+        ("2a answers that failed", f"{len(errors)} of {len(answers)}" + (", the analyst died" if c.analyst_failure else ""),
+         "-", "-", "none", "FAIL" if errors or c.analyst_failure else "PASS"),
         ("2a answers: old count until the commit, new after", "yes" if right else "no", "-", "-", "every answer",
          "PASS" if right else "FAIL"),
     ]
@@ -894,7 +915,7 @@ def report_part2(results: dict[str, Any], summary: list[tuple[str, str, str, str
 
     # (a) the polling analyst
     c = next((a for a in applies if a.kind == "C" and a.measured), None)
-    if c is not None and c.analyst:
+    if c is not None and (c.analyst or c.analyst_failure):
         summary += _polling_analyst(c)
     elif "C" in [a.kind for a in applies]:
         summary.append(("2a reader latency during the apply (max)", "-", "-", "-", f"< {MAX_READ_SECONDS:.0f} s", "FAIL"))
@@ -908,6 +929,7 @@ def report_part2(results: dict[str, Any], summary: list[tuple[str, str, str, str
             f"\n(b) reader held open: apply alone {' / '.join(f'{s:.1f}' for s in alone)} s, with the reader held open "
             f"{' / '.join(f'{s:.1f}' for s in held)} s (best: {min(held):.1f} vs {min(alone):.1f} s, {delay:+.1f} s); "
             f"the held reader ran {len(queries)} queries meanwhile (max {_s(max(queries, default=None))})"
+            + "".join(f"; the held reader: {a.analyst_failure}" for a in b_runs if a.analyst_failure)
         )
         summary.append(("2b apply with a reader held open", _s(min(held)), f"alone {_s(min(alone))}",
                         _ratio(min(held), min(alone)), f"< {MAX_WRITER_DELAY:.0f} s more",
@@ -934,7 +956,8 @@ def report_part2(results: dict[str, Any], summary: list[tuple[str, str, str, str
         for label, seconds in c.batches.items():
             if label == FLOOR_BATCH:
                 continue
-            summary.append((f"2c API batch sent {label}: ack to queryable", _s(seconds), f"no apply {_s(floor)}",
+            failed = f" ({len(c.watch_errors)} failed reads meanwhile)" if c.watch_errors else ""
+            summary.append((f"2c API batch sent {label}: ack to queryable", _s(seconds) + failed, f"no apply {_s(floor)}",
                             _ratio(seconds, floor), f"< {MAX_ACK_TO_QUERYABLE:.0f} s",
                             "PASS" if seconds is not None and seconds < MAX_ACK_TO_QUERYABLE else "FAIL"))
         ok &= all(code == 0 for _, _, code in c.api_runs)
