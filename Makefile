@@ -21,9 +21,13 @@ tools: $(AZURITE)
 $(AZURITE):
 	npm install --no-audit --no-fund --loglevel=error --prefix .tools azurite@3
 
+# The tests spend much of their time waiting on subprocesses and servers, so two workers
+# share two cores well; TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) tools
 	$(BIN)/ruff check integration_hub integration_hub_tests benchmarks
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 # The Dagster UI on PORT, the End User Update API on API_PORT.
 PORT     ?= 3000

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -140,13 +142,27 @@ def test_discover_infers_columns_and_writes_a_valid_snippet(landing: Landing, ca
     assert [p.name for p in catalog.integration(snippet["name"]).properties] == ["plan_tier", "seats", "is_active", "signup_date"]
 
 
-def test_every_command_has_help() -> None:
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
-    assert {"integrations", "enable", "disable", "run", "discover", "check", "logs", "demo"} <= set(commands)
-    for name in commands:
-        result = subprocess.run([sys.executable, "-m", "integration_hub.cli.main", name, "--help"], capture_output=True, text=True)
-        assert result.returncode == 0 and "usage: integration-hub" in result.stdout, name
+def _command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every command and subcommand of the parser, as the words that name it."""
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk of its subparsers
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for name, sub in action.choices.items():
+                yield (*path, name)
+                yield from _command_paths(sub, (*path, name))
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    # The installed entry point answers --help in a process of its own ...
+    result = subprocess.run([sys.executable, "-m", "integration_hub.cli.main", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: integration-hub" in result.stdout
+    # ... and so does every command and subcommand (in this process: one interpreter start each is slow).
+    paths = list(_command_paths(build_parser()))
+    assert {("integrations",), ("enable",), ("run",), ("discover",), ("check",), ("logs",), ("alerts", "test")} <= set(paths)
+    for path in paths:
+        with pytest.raises(SystemExit) as exited:
+            main([*path, "--help"])
+        out, err = capsys.readouterr()
+        assert exited.value.code == 0 and out.startswith(f"usage: integration-hub {' '.join(path)}") and err == "", path
 
 
 def test_demo_writes_a_catalog_and_sample_files_a_run_applies(tmp_path, capsys, monkeypatch) -> None:

@@ -3,7 +3,7 @@
 Every apply writes a user's changed row as a new row version (MERGE as an update, a large
 source's rewrite as an insert), and DuckLake keeps those versions for the retained snapshots.
 The history is the row as of the oldest retained snapshot plus every version written since
-(`table_changes`), read for one user only; a value is listed when it differs from the one
+(`ducklake_table_insertions`), read for one user only; a value is listed when it differs from the one
 before, with the snapshot's time and the row's `_source` (the file or API batch).
 """
 
@@ -74,8 +74,10 @@ def _versions(con: duckdb.DuckDBPyConnection, table: str, user_id: str) -> list[
         start += 1
     if start <= current:
         parts.append(
-            f"SELECT snapshot_id, rowid, {select} FROM {LAKE}.table_changes({literal(table)}, {int(start)}, {int(current)}) "
-            f"WHERE user_id = {uid} AND change_type IN ('insert', 'update_postimage')"
+            # Insertions, not table_changes: every version is an insert (an update is a delete plus an
+            # insert), and table_changes also reads every deleted row to pair pre- and postimages.
+            f"SELECT snapshot_id, rowid, {select} FROM ducklake_table_insertions({literal(LAKE)}, 'main', "
+            f"{literal(table)}, {int(start)}, {int(current)}) WHERE user_id = {uid}"
         )
     if not parts:
         return []
