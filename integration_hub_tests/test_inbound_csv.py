@@ -209,3 +209,20 @@ def test_a_large_file_logs_each_step(landing: Landing, monkeypatch: pytest.Monke
     assert run is not None and run.status == "success"
     assert [line.split(" ")[0] for line in lines] == ["fetched", "read", "applied", "committed"]
     assert lines[2].startswith("applied 1 row to attributes_crm, committing (")
+
+
+def test_user_profiles_counts_each_user_once_across_integrations(local_landing: Landing) -> None:
+    billing = {
+        **CRM_INTEGRATION,
+        "name": "billing",
+        "folder": "billing",
+        "properties": [{"column": "Plan Tier", "name": "billing_plan", "type": "string"}],
+    }
+    catalog = local_landing.write_catalog(CRM_INTEGRATION, billing)
+    local_landing.put("crm/a.csv", crm_file("ann@x.com,gold,1,yes,,,", "bob@x.com,free,2,no,,,"))
+    local_landing.put("billing/b.csv", crm_file("bob@x.com,paid,,,,,", "cy@x.com,paid,,,,,", "dee@x.com,paid,,,,,"))
+    assert run_job(catalog, "crm").success
+    result = run_job(catalog, "billing")
+    [profiles] = result.asset_materializations_for_node("user_profiles")
+    assert profiles.metadata["dagster/row_count"].value == 4  # bob is in both
+    assert query(catalog, "SELECT count(*), count(DISTINCT user_id) FROM user_profiles")[0] == (4, 4)

@@ -496,6 +496,16 @@ def user_profiles_sql(catalog: Catalog) -> str:
     return f"SELECT {', '.join(columns)} FROM ({ids}) AS ids {' '.join(joins)}"
 
 
+def user_count_sql(catalog: Catalog) -> str:
+    """The number of rows of `user_profiles`, without its joins: each attribute table holds a
+    user once (asset-checked), so one table's row count is exact and several need their ids' union."""
+    tables = [ident(attributes_table(i.name)) for i in catalog.inbound]
+    if len(tables) == 1:
+        return f"SELECT count(*) FROM {tables[0]}"
+    ids = " UNION ".join(f"SELECT user_id FROM {t}" for t in tables)
+    return f"SELECT count(*) FROM ({ids})" if tables else "SELECT 0"
+
+
 def _schema_is_current(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> bool:
     wanted = {table: columns for table, columns in BOOKKEEPING_TABLES.items()}
     wanted.update({attributes_table(i.name): attribute_columns(i) for i in catalog.inbound})
