@@ -484,6 +484,15 @@ def user_profiles_sql(catalog: Catalog) -> str:
     inbound = catalog.inbound
     if not inbound:
         return "SELECT CAST(NULL AS VARCHAR) AS user_id WHERE FALSE"
+    if len(inbound) == 1:
+        # One table holds each user once: the view is its projection, which lets DuckDB answer a
+        # count or an aggregate from the table alone (the union and join below cost a full hash).
+        only = inbound[0]
+        names = ", ".join(ident(name) for _, name, _ in only.inbound_properties)
+        return (
+            f"SELECT user_id, {names + ', ' if names else ''}_updated_at AS last_updated_at "
+            f"FROM {ident(attributes_table(only.name))}"
+        )
     ids = " UNION ".join(f"SELECT user_id FROM {ident(attributes_table(i.name))}" for i in inbound)
     columns = ["ids.user_id"]
     joins = []
