@@ -211,18 +211,27 @@ def test_a_large_file_logs_each_step(landing: Landing, monkeypatch: pytest.Monke
     assert lines[2].startswith("applied 1 row to attributes_crm, committing (")
 
 
-def test_user_profiles_counts_each_user_once_across_integrations(local_landing: Landing) -> None:
-    billing = {
-        **CRM_INTEGRATION,
-        "name": "billing",
-        "folder": "billing",
-        "properties": [{"column": "Plan Tier", "name": "billing_plan", "type": "string"}],
-    }
-    catalog = local_landing.write_catalog(CRM_INTEGRATION, billing)
+def test_user_profiles_has_one_row_per_user_across_integrations(local_landing: Landing) -> None:
+    def integration(name: str, prop: str) -> dict:
+        return {**CRM_INTEGRATION, "name": name, "folder": name,
+                "properties": [{"column": "Plan Tier", "name": prop, "type": "string"}]}
+
+    catalog = local_landing.write_catalog(CRM_INTEGRATION, integration("billing", "billing_plan"),
+                                          integration("support", "support_tier"))
     local_landing.put("crm/a.csv", crm_file("ann@x.com,gold,1,yes,,,", "bob@x.com,free,2,no,,,"))
     local_landing.put("billing/b.csv", crm_file("bob@x.com,paid,,,,,", "cy@x.com,paid,,,,,", "dee@x.com,paid,,,,,"))
-    assert run_job(catalog, "crm").success
-    result = run_job(catalog, "billing")
+    local_landing.put("support/c.csv", crm_file("bob@x.com,p1,,,,,", "eve@x.com,p2,,,,,", "dee@x.com,p3,,,,,"))
+    assert run_job(catalog, "crm").success and run_job(catalog, "billing").success
+    result = run_job(catalog, "support")
     [profiles] = result.asset_materializations_for_node("user_profiles")
-    assert profiles.metadata["dagster/row_count"].value == 4  # bob is in both
-    assert query(catalog, "SELECT count(*), count(DISTINCT user_id) FROM user_profiles")[0] == (4, 4)
+    assert profiles.metadata["dagster/row_count"].value == 5  # bob is in all three, dee in two
+    rows = query(catalog, "SELECT user_id, plan, billing_plan, support_tier, last_updated_at IS NOT NULL "
+                          "FROM user_profiles ORDER BY user_id")
+    assert rows == [
+        ("ann@x.com", "gold", None, None, True),
+        ("bob@x.com", "free", "paid", "p1", True),
+        ("cy@x.com", None, "paid", None, True),
+        ("dee@x.com", None, "paid", "p3", True),
+        ("eve@x.com", None, None, "p2", True),
+    ]
+    assert query(catalog, "SELECT plan, support_tier FROM user_profiles WHERE user_id = 'dee@x.com'") == [(None, "p3")]

@@ -19,7 +19,6 @@ from .warehouse import (
     ensure_schema,
     same_type,
     table_columns,
-    user_count_sql,
 )
 
 __all__ = ["TAG_INTEGRATION", "TAG_OUTCOME", "integration_pool"]
@@ -205,7 +204,7 @@ def build_user_profiles(catalog: Catalog) -> dg.AssetsDefinition:
     def user_profiles(warehouse: WarehouseResource) -> dg.MaterializeResult:
         with warehouse.get_connection() as con:
             ensure_schema(con, catalog)
-            users = con.execute(user_count_sql(catalog)).fetchone()[0]
+            users = con.execute("SELECT count(*) FROM user_profiles").fetchone()[0]
             columns = [d[0] for d in con.execute("DESCRIBE user_profiles").fetchall()]
         return dg.MaterializeResult(metadata={"dagster/row_count": users, "columns": columns})
 
