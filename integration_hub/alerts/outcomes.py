@@ -14,7 +14,7 @@ import dagster as dg
 
 from ..core.assets import TAG_INTEGRATION, TAG_OUTCOME
 from ..core.catalog import AlertRule, Catalog
-from ..core.outcome import outcome_of_statuses
+from ..core.outcome import outcome_of_statuses, source_message
 from ..core.warehouse import open_reader, table_columns
 
 OUTCOMES = ("success", "partial", "skipped", "failed")
@@ -70,14 +70,16 @@ def _rows_by_run(catalog: Catalog, run_ids: Sequence[str]) -> dict[str, _Rows]:
             return {}
         rows = con.execute(
             "SELECT dagster_run_id, list(status ORDER BY started_at), sum(rows_read), sum(rows_applied), "
-            "sum(rows_rejected), list(CASE WHEN starts_with(message, source) THEN message "
-            "ELSE source || ': ' || message END ORDER BY started_at) FILTER "
+            "sum(rows_rejected), list([source, message] ORDER BY started_at) FILTER "
             "(status IN ('failed', 'partial') AND coalesce(message, '') <> '') "
             "FROM integration_runs WHERE dagster_run_id IN (SELECT unnest(?)) GROUP BY dagster_run_id",
             [list(run_ids)],
         ).fetchall()
     return {
-        run_id: _Rows(tuple(statuses), int(read or 0), int(applied or 0), int(rejected or 0), tuple(messages or ()))
+        run_id: _Rows(
+            tuple(statuses), int(read or 0), int(applied or 0), int(rejected or 0),
+            tuple(source_message(source, message) for source, message in messages or ()),
+        )
         for run_id, statuses, read, applied, rejected, messages in rows
     }
 

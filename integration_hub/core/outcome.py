@@ -38,10 +38,13 @@ class RunOutcome:
         return self.outcome in ("success", "skipped")
 
 
+def source_message(source: str, message: str) -> str:
+    """A source's message, naming the source once (most messages already start with it)."""
+    return message if message.startswith(source) else f"{source}: {message}"
+
+
 def _described(run: RunRecord) -> str:
-    """The source's message, naming the source once (most messages already start with it)."""
-    message = run.message or run.status
-    return message if message.startswith(run.source) else f"{run.source}: {message}"
+    return source_message(run.source, run.message or run.status)
 
 
 def _listed(runs: Sequence[RunRecord]) -> str:
