@@ -147,7 +147,81 @@ def _marker_key(prefix: str) -> str:
 PartT = TypeVar("PartT")
 
 
-class _StreamingWriter(ABC, Generic[PartT]):
+class _WriterLifecycle(ABC):
+    """What every sink writer promises: entered once, written only while open, and on a clean
+    exit the file appears whole (`_commit`); on an error nothing of it is left (`_discard`)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._state = "new"
+        self._bytes_written = 0
+
+    @abstractmethod
+    def _open(self) -> None: ...
+
+    @abstractmethod
+    def _write(self, view: memoryview) -> None: ...
+
+    @abstractmethod
+    def _commit(self) -> None: ...
+
+    @abstractmethod
+    def _discard(self) -> None: ...
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Always last, after `_commit` or `_discard`."""
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes accepted by :meth:`write` so far."""
+        return self._bytes_written
+
+    @property
+    def url(self) -> str:
+        """URL of the file being written."""
+        return self._url
+
+    def __enter__(self) -> _WriterLifecycle:
+        if self._state != "new":
+            raise RuntimeError("a sink writer can only be entered once")
+        # Fail before the caller produces any data if the target is taken.
+        self._open()
+        self._state = "open"
+        return self
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``."""
+        if self._state != "open":
+            raise ValueError(f"writer for {self._url} is not open (use it inside `with`)")
+        view = memoryview(data).cast("B")
+        self._write(view)
+        self._bytes_written += len(view)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._state != "open":
+            return False
+        self._state = "closed"
+        try:
+            if exc_type is None:
+                try:
+                    self._commit()
+                except BaseException:
+                    self._discard()
+                    raise
+            else:
+                self._discard()
+        finally:
+            self._release()
+        return False
+
+
+class _StreamingWriter(_WriterLifecycle, Generic[PartT]):
     """Buffers writes into fixed-size parts and uploads them one at a time in the background.
 
     Subclasses implement the service calls; this class owns buffering, the
@@ -155,7 +229,7 @@ class _StreamingWriter(ABC, Generic[PartT]):
     """
 
     def __init__(self, url: str, part_size: int, max_parts: int, max_concurrency: int = 1) -> None:
-        self._url = url
+        super().__init__(url)
         self._max_concurrency = max(1, int(max_concurrency))
         self._part_size = part_size
         self._max_parts = max_parts
@@ -165,13 +239,8 @@ class _StreamingWriter(ABC, Generic[PartT]):
         self._inflight: deque[Future[PartT]] = deque()  # oldest first
         self._pool: ThreadPoolExecutor | None = None
         self._multipart = False
-        self._state = "new"
-        self._bytes_written = 0
 
-    # -- service hooks
-    @abstractmethod
-    def _check_target(self) -> None: ...
-
+    # -- service hooks (and `_open`: check that the target may be written)
     @abstractmethod
     def _put_single(self, data: bytes | bytearray) -> None: ...
 
@@ -187,31 +256,9 @@ class _StreamingWriter(ABC, Generic[PartT]):
     @abstractmethod
     def _abort(self) -> None: ...
 
-    # -- public API
-    @property
-    def bytes_written(self) -> int:
-        """Bytes accepted by :meth:`write` so far."""
-        return self._bytes_written
-
-    @property
-    def url(self) -> str:
-        """URL of the file being written."""
-        return self._url
-
-    def __enter__(self) -> _StreamingWriter[PartT]:
-        if self._state != "new":
-            raise RuntimeError("a sink writer can only be entered once")
-        # Fail before the caller produces any data if the target is taken.
-        self._check_target()
-        self._state = "open"
-        return self
-
-    def write(self, data: bytes) -> None:
-        """Append ``data``; uploads a part whenever the buffer is full."""
-        if self._state != "open":
-            raise ValueError(f"writer for {self._url} is not open (use it inside `with`)")
-        view = memoryview(data).cast("B")
-        self._bytes_written += len(view)
+    # -- the lifecycle
+    def _write(self, view: memoryview) -> None:
+        """Buffer ``view``; upload a part whenever the buffer is full."""
         while len(view):
             # Flush only when more data arrives for a full buffer, so a file of
             # exactly one part still goes out as a single PutObject.
@@ -221,29 +268,10 @@ class _StreamingWriter(ABC, Generic[PartT]):
             self._buf += view[:room]
             view = view[room:]
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if self._state != "open":
-            return False
-        self._state = "closed"
-        try:
-            if exc_type is None:
-                try:
-                    self._finish()
-                except BaseException:
-                    self._cleanup()
-                    raise
-            else:
-                self._cleanup()
-        finally:
-            self._buf = bytearray()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-        return False
+    def _release(self) -> None:
+        self._buf = bytearray()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     # -- internals
     def _flush_part(self) -> None:
@@ -271,7 +299,7 @@ class _StreamingWriter(ABC, Generic[PartT]):
         while self._inflight:
             self._parts.append(self._inflight.popleft().result())
 
-    def _finish(self) -> None:
+    def _commit(self) -> None:
         if not self._multipart:
             self._put_single(self._buf)
             return
@@ -280,7 +308,7 @@ class _StreamingWriter(ABC, Generic[PartT]):
         self._collect_inflight()
         self._complete(self._parts)
 
-    def _cleanup(self) -> None:
+    def _discard(self) -> None:
         # Let a running part upload finish first, otherwise it could land after
         # the abort and leave storage behind.
         while self._inflight:
@@ -503,7 +531,7 @@ class _S3Writer(_StreamingWriter[dict[str, Any]]):
             self._extra["ContentEncoding"] = content_encoding
         self._upload_id: str | None = None
 
-    def _check_target(self) -> None:
+    def _open(self) -> None:
         if not self._overwrite and self._sink._exists_full(self._key):
             raise FileExistsError(_exists_message(self._url))
 
@@ -852,7 +880,7 @@ class _AzureWriter(_StreamingWriter[str]):
         # blob never stage over each other's blocks; fixed length as Azure requires.
         self._block_prefix = uuid.uuid4().hex
 
-    def _check_target(self) -> None:
+    def _open(self) -> None:
         # Always ask (a HEAD), also with overwrite: a missing container or rejected credentials
         # then fail the run before DuckDB writes anything, not at the first block upload.
         exists = self._sink._probe(self._name, need_read=not self._overwrite)
@@ -995,27 +1023,15 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-class _LocalWriter:
+class _LocalWriter(_WriterLifecycle):
     def __init__(self, path: Path, overwrite: bool) -> None:
+        super().__init__(str(path))
         self._path = path
         self._overwrite = overwrite
         self._temp = path.with_name(f"{TEMP_MARKER}{uuid.uuid4().hex}-{path.name}")
         self._handle: Any = None
-        self._state = "new"
-        self._bytes_written = 0
 
-    @property
-    def bytes_written(self) -> int:
-        return self._bytes_written
-
-    @property
-    def url(self) -> str:
-        return str(self._path)
-
-    def __enter__(self) -> _LocalWriter:
-        if self._state != "new":
-            raise RuntimeError("a sink writer can only be entered once")
-        # Fail before the caller produces any data if the target is taken.
+    def _open(self) -> None:
         if not self._overwrite and self._path.exists():
             raise FileExistsError(_exists_message(self.url))
         try:
@@ -1023,38 +1039,22 @@ class _LocalWriter:
             self._handle = open(self._temp, "xb")
         except OSError as exc:
             raise _local_error(exc, "create a file in", self._path.parent) from exc
-        self._state = "open"
-        return self
 
-    def write(self, data: bytes) -> None:
-        if self._state != "open":
-            raise ValueError(f"writer for {self.url} is not open (use it inside `with`)")
-        view = memoryview(data).cast("B")
+    def _write(self, view: memoryview) -> None:
         try:
             self._handle.write(view)
         except OSError as exc:
             raise _local_error(exc, "write", self._path) from exc
-        self._bytes_written += len(view)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if self._state != "open":
-            return False
-        self._state = "closed"
-        try:
-            if exc_type is None:
-                self._publish()
-        finally:
-            if not self._handle.closed:
-                self._handle.close()
-            self._temp.unlink(missing_ok=True)
-        return False
+    def _discard(self) -> None:
+        pass  # the temporary file goes in _release, whatever happened
 
-    def _publish(self) -> None:
+    def _release(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+        self._temp.unlink(missing_ok=True)
+
+    def _commit(self) -> None:
         try:
             self._handle.flush()
             os.fsync(self._handle.fileno())
