@@ -145,7 +145,7 @@ def test_a_killed_run_leaves_the_last_snapshot_and_a_rerun_equals_one_clean_run(
     table_folder = lake.data_path / "main" / "attributes_crm"
     if moment == "staging":  # reading and validating the file: before the lake transaction
         wait_for(lambda: has_open(process.pid, big) and not held(write_lock(catalog)), process, "staging")
-    elif moment == "writing":  # inside the lake transaction, writing the new Parquet files
+    elif moment == "writing":  # writing the new Parquet file(s), before or inside the lake transaction
         known = set(table_folder.iterdir())
         wait_for(lambda: bool(set(table_folder.iterdir()) - known), process, "new Parquet file")
     else:  # anywhere in the run, even after its commit
@@ -396,8 +396,8 @@ def _apply_sequence(landing: Landing, monkeypatch: pytest.MonkeyPatch, rewrite: 
     # The size threshold only chooses the strategy; both must give the same table.
     monkeypatch.setattr(ingest, "REWRITE_MIN_ROWS", 1 if rewrite else 10**12)
     rewrites = []
-    real_rewrite_sql = ingest._rewrite_sql
-    monkeypatch.setattr(ingest, "_rewrite_sql", lambda *args: rewrites.append(1) or real_rewrite_sql(*args))
+    real_rewrite_table = ingest._rewrite_table
+    monkeypatch.setattr(ingest, "_rewrite_table", lambda *args: rewrites.append(1) or real_rewrite_table(*args))
     header = "email,Plan Tier,tickets,is_active,signup,last_login\n"
     catalog = landing.write_catalog({**CRM_INTEGRATION, "max_rejected_ratio": 0.75})
 

@@ -278,3 +278,67 @@ def test_writes_of_two_connections_take_turns_and_both_commit(local_landing: Lan
     [t.join() for t in threads]
     assert not errors
     assert query(catalog, "SELECT (SELECT count(*) FROM lefts), (SELECT count(*) FROM rights)") == [(5, 5)]
+
+
+def _rewrite_with(monkeypatch: pytest.MonkeyPatch, during) -> list:
+    """Every source of 2+ rows rewrites its table; `during(con, rewritten)` runs once its file is written."""
+    import integration_hub.core.ingest as ingest
+
+    monkeypatch.setattr(ingest, "REWRITE_MIN_ROWS", 2)
+    real_rewrite_table = ingest._rewrite_table
+    rewrites: list = []
+
+    def rewrite(*args):
+        rewritten = real_rewrite_table(*args)
+        rewrites.append(rewritten)
+        during(args[0], rewritten)
+        return rewritten
+
+    monkeypatch.setattr(ingest, "_rewrite_table", rewrite)
+    return rewrites
+
+
+def test_a_large_source_writes_its_rows_before_its_write_transaction(local_landing: Landing, monkeypatch) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\nb@x.com,free,5,no,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    waited: list[float] = []
+
+    def another_integration_commits(con, rewritten) -> None:
+        assert Path(rewritten.file).exists() and not con.execute("SELECT count(*) FROM attributes_crm WHERE plan = 'gold'").fetchone()[0]
+        started = time.monotonic()
+        with open_writer(catalog) as other, transaction(other):
+            other.execute("CREATE TABLE committed_meanwhile AS SELECT 1 AS n")
+        waited.append(time.monotonic() - started)
+
+    rewrites = _rewrite_with(monkeypatch, another_integration_commits)
+    local_landing.put("crm/2.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\nc@x.com,pro,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+    assert len(rewrites) == 1 and waited[0] < 2.0  # the rewrite held no lock another writer needs
+    assert query(catalog, "SELECT user_id, plan FROM attributes_crm ORDER BY 1") == [
+        ("a@x.com", "gold"), ("b@x.com", "free"), ("c@x.com", "pro")
+    ]
+    assert query(catalog, "SELECT n FROM committed_meanwhile") == [(1,)]
+    files = query(catalog, "SELECT data_file FROM ducklake_list_files('lake', 'attributes_crm')")
+    assert files == [(rewrites[0].file,)]  # the merged file is the table now
+
+
+def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its_file(
+    local_landing: Landing, monkeypatch
+) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\nb@x.com,free,5,no,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+
+    def someone_writes_the_table(con, rewritten) -> None:  # what integration_lock rules out for runs
+        with open_writer(catalog) as other, transaction(other):
+            other.execute("INSERT INTO attributes_crm (user_id, plan) VALUES ('z@x.com', 'sneaked in')")
+
+    rewrites = _rewrite_with(monkeypatch, someone_writes_the_table)
+    local_landing.put("crm/2.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\nc@x.com,pro,1,yes,2024-01-01,\n")
+    assert not run_job(catalog, "crm").success
+    assert query(catalog, "SELECT user_id, plan FROM attributes_crm ORDER BY 1") == [
+        ("a@x.com", "free"), ("b@x.com", "free"), ("z@x.com", "sneaked in")
+    ]
+    assert not Path(rewrites[0].file).exists()
+    assert "2.csv" in local_landing.keys(), "not applied: the file stays pending"

@@ -8,7 +8,9 @@ and applying the same source again gives the same result.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -19,13 +21,16 @@ from typing import Any, Literal
 import duckdb
 
 from .catalog import InboundIntegration
-from .sql import blank, cast_expression, ident, literal, rejection_reason
+from .sql import ident, literal, rejection_reason, typed_value
 from .warehouse import (
+    LAKE,
     MEMORY_LIMIT_ENV,
+    WarehouseError,
     attributes_table,
     ensure_attribute_table,
     ensure_bookkeeping,
     table_columns,
+    table_data_folder,
     transaction,
 )
 
@@ -35,7 +40,7 @@ ROW_ERROR_COLUMN = "_row_error"  # optional source column: a reason the whole ro
 ROW_SOURCE_COLUMN = "_row_source"  # optional source column: where each row comes from (else the run's source)
 PREVIEW_ROWS = 5
 # From this many valid rows, and at least 1/REWRITE_MIN_SHARE of the table, a source rewrites
-# the table instead of MERGE-ing into it (see _rewrite_sql; measured by benchmarks/bench_csv.py).
+# the table instead of MERGE-ing into it (see _rewrite_table; measured by benchmarks/bench_csv.py).
 REWRITE_MIN_ROWS = 200_000
 REWRITE_MIN_SHARE = 4
 
@@ -121,33 +126,66 @@ def record_failure(con: duckdb.DuckDBPyConnection, run: RunRecord, message: str)
     return run
 
 
-def _stage_sql(integration: InboundIntegration, source_sql: str, source_columns: list[str]) -> str:
-    has_row_error = ROW_ERROR_COLUMN in source_columns
+def _cells_sql(integration: InboundIntegration, source_sql: str, source_columns: list[str]) -> str:
+    """The source's rows as validation and the apply read them, every cell worked out once.
+
+    The inner query gives each mapped cell's text (`_raw<k>`) and its trimmed value (`_cell<k>`,
+    NULL when blank); the outer one adds the typed value (`_typed<k>`, NULL when blank or when the
+    text does not cast). Nesting keeps DuckDB from trimming and casting a cell more than once.
+    """
     uid = f"CAST(src.{ident(integration.user_id_source)} AS VARCHAR)"
-    selects = [f"NULLIF(trim({uid}), '') AS user_id"]
-    bad_cells = []
-    for source, name, ptype in integration.inbound_properties:
+    inner = [f"NULLIF(trim({uid}), '') AS user_id"]
+    outer = ["user_id"]
+    for k, (source, _, ptype) in enumerate(integration.inbound_properties):
         raw = f"CAST(src.{ident(source)} AS VARCHAR)"
-        typed = cast_expression(raw, ptype)
-        selects.append(f"{typed} AS {ident(name)}")
-        if ptype != "string":
-            bad_cells.append(
-                f"CASE WHEN NOT {blank(raw)} AND ({typed}) IS NULL THEN "
-                f"{{'column_name': {literal(source)}, 'value': {raw}, 'reason': {literal(rejection_reason(ptype))}}} END"
-            )
-    if bad_cells:
-        selects.append(f"list_filter([{', '.join(bad_cells)}], lambda x: x IS NOT NULL) AS _bad")
-    else:
-        selects.append("CAST([] AS STRUCT(column_name VARCHAR, value VARCHAR, reason VARCHAR)[]) AS _bad")
-    selects.append(f"src.{ident(ROW_ERROR_COLUMN)} AS _row_error" if has_row_error else "CAST(NULL AS VARCHAR) AS _row_error")
-    has_row_source = ROW_SOURCE_COLUMN in source_columns
-    selects.append(
-        f"CAST(src.{ident(ROW_SOURCE_COLUMN)} AS VARCHAR) AS _row_source" if has_row_source
+        inner += [f"{raw} AS _raw{k}", f"NULLIF(trim({raw}), '') AS _cell{k}"]
+        typed = f"CASE WHEN _cell{k} IS NOT NULL THEN _raw{k} END" if ptype == "string" else typed_value(f"_cell{k}", ptype)
+        outer += [f"_raw{k}", f"_cell{k}", f"{typed} AS _typed{k}"]
+    inner.append(
+        f"CAST(src.{ident(ROW_ERROR_COLUMN)} AS VARCHAR) AS _row_error" if ROW_ERROR_COLUMN in source_columns
+        else "CAST(NULL AS VARCHAR) AS _row_error"
+    )
+    inner.append(
+        f"CAST(src.{ident(ROW_SOURCE_COLUMN)} AS VARCHAR) AS _row_source" if ROW_SOURCE_COLUMN in source_columns
         else "CAST(NULL AS VARCHAR) AS _row_source"
+    )
+    outer += ["_row_error", "_row_source"]
+    return f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM ({source_sql}) AS src)"
+
+
+def _bad_cells(integration: InboundIntegration) -> list[tuple[int, str, str]]:
+    """(k, source column, type) of the properties whose cells can be rejected (not strings)."""
+    return [(k, source, ptype) for k, (source, _, ptype) in enumerate(integration.inbound_properties) if ptype != "string"]
+
+
+def _any_bad_cell(integration: InboundIntegration) -> str:
+    """SQL over `_cells_sql`: the row has a cell that is not blank and does not cast."""
+    conditions = [f"(_cell{k} IS NOT NULL AND _typed{k} IS NULL)" for k, _, _ in _bad_cells(integration)]
+    return " OR ".join(conditions) or "false"
+
+
+def _stage_sql(integration: InboundIntegration, cells_sql: str) -> str:
+    """The validation pass: per row, only what rejects it (the user id, bad cells, a row error).
+
+    The typed values are not kept: the apply reads the source again, which costs less than
+    writing and reading back every typed row of a large file.
+    """
+    bad = [
+        f"CASE WHEN _cell{k} IS NOT NULL AND _typed{k} IS NULL THEN "
+        f"{{'column_name': {literal(source)}, 'value': _raw{k}, 'reason': {literal(rejection_reason(ptype))}}} END"
+        for k, source, ptype in _bad_cells(integration)
+    ]
+    listed = (
+        f"CASE WHEN {_any_bad_cell(integration)} THEN list_filter([{', '.join(bad)}], lambda x: x IS NOT NULL) END"
+        if bad else "NULL"
     )
     # No row_number() window here: it would make the scan single-threaded. The table keeps the
     # source's order (preserve_insertion_order), so its rowid is the row's position.
-    return f"CREATE OR REPLACE TEMP TABLE _stage_rows AS SELECT {', '.join(selects)} FROM ({source_sql}) AS src"
+    return (
+        "CREATE OR REPLACE TEMP TABLE _stage_rows AS SELECT user_id, "
+        f"CAST({listed} AS STRUCT(column_name VARCHAR, value VARCHAR, reason VARCHAR)[]) AS _bad, _row_error "
+        f"FROM ({cells_sql})"
+    )
 
 
 def _staged_view_sql(con: duckdb.DuckDBPyConnection, row_offset: int) -> str:
@@ -216,81 +254,112 @@ def _merge_sql(
     """
 
 
-def _valid_rows_sql(any_rejected: bool) -> str:
-    if not any_rejected:  # every staged row is valid: no filter, no anti-join
-        return "SELECT * FROM _stage_rows"
+def _valid_rows_sql(integration: InboundIntegration, cells_sql: str, any_rejected: bool) -> str:
+    """The rows to apply, typed: the source read again, without the rows validation rejected."""
+    typed = [f"_typed{k} AS {ident(name)}" for k, (_, name, _) in enumerate(integration.inbound_properties)]
+    select = f"SELECT {', '.join(['user_id', *typed, '_row_source'])} FROM ({cells_sql})"
+    if not any_rejected:  # every row is valid: no filter, no anti-join
+        return select
+    # The same conditions as _stage_sql and _rejections_sql, on the same rows.
     return (
-        "SELECT * FROM _stage WHERE user_id IS NOT NULL AND len(_bad) = 0 AND _row_error IS NULL "
+        f"{select} WHERE user_id IS NOT NULL AND _row_error IS NULL AND NOT ({_any_bad_cell(integration)}) "
         "AND user_id NOT IN (SELECT user_id FROM _dups)"
     )
 
 
-def _rewrite_sql(
+def _table_files(con: duckdb.DuckDBPyConnection, table: str) -> set[tuple[str, str | None]]:
+    """The table's data and delete files at the connection's snapshot: they change with every write."""
+    rows = con.execute(f"SELECT data_file, delete_file FROM ducklake_list_files({literal(LAKE)}, {literal(table)})")
+    return set(rows.fetchall())
+
+
+@dataclass
+class _RewrittenTable:
+    """A table's merged rows, written as a Parquet file in its data folder but not yet in the lake."""
+
+    table: str
+    file: str
+    read_files: set[tuple[str, str | None]]  # the table's files the merged rows were read from
+
+    def swap_in(self, con: duckdb.DuckDBPyConnection) -> None:
+        """(In the write transaction.) Delete the old rows and add the file: one snapshot, a short commit."""
+        if _table_files(con, self.table) != self.read_files:
+            # Only this integration's runs write its table, one at a time (integration_lock), but
+            # maintenance may have merged its files: the merged file must not go in over a change.
+            raise WarehouseError(
+                f"{self.table} changed while it was being rewritten (another writer or the warehouse "
+                "maintenance committed meanwhile): nothing was applied; run it again"
+            )
+        con.execute(f"DELETE FROM {ident(self.table)}")
+        con.execute(f"CALL ducklake_add_data_files({literal(LAKE)}, {literal(self.table)}, {literal(self.file)})")
+
+    def discard(self) -> None:
+        """Delete the file after a failed apply (a killed run's file is left to maintenance)."""
+        if "://" not in self.file:
+            with contextlib.suppress(OSError):
+                os.unlink(self.file)
+
+
+def _rewrite_table(
     con: duckdb.DuckDBPyConnection,
     integration: InboundIntegration,
     table: str,
     source: str,
     applied_at: datetime,
     valid_rows: str,
-) -> list[str]:
-    """Apply a large source by writing the merged table anew into the same lake table.
+) -> _RewrittenTable:
+    """Write the table's merged rows anew, outside the write transaction (see _RewrittenTable).
 
     Every user is written once: the old rows the source does not mention as they were, the
-    source's rows merged with their old values (a full outer join on the id). Then the old rows
-    are deleted by row id, which in a DuckLake ends their Parquet files without rewriting them.
-    For a source that is large next to its table this beats MERGE, whose updates the lake writes
-    as a delete and an insert per row. The table keeps its identity, so its history
-    (`table_changes`, time travel) runs on.
+    source's rows merged with their old values (a full outer join on the id). For a source that is
+    large next to its table this beats MERGE, whose updates the lake writes as a delete and an
+    insert per row. The slow part, reading and writing every row, holds no lock: other
+    integrations commit meanwhile. The table keeps its identity, so its history
+    (`ducklake_table_insertions`, time travel) runs on.
     """
     mapped = [name for _, name, _ in integration.inbound_properties]
     keep = integration.on_blank == "keep"
-    names = list(table_columns(con, table))
+    columns = table_columns(con, table)
     stamp, row_source = _written_by(source, applied_at)
     merged = []
-    for name in names:
+    for name, data_type in columns.items():
         column = ident(name)
         if name == "user_id":
-            merged.append("COALESCE(s.user_id, t.user_id)")
+            value = "COALESCE(s.user_id, t.user_id)"
         elif name in mapped:
-            value = f"COALESCE(s.{column}, t.{column})" if keep else f"s.{column}"
-            merged.append(f"CASE WHEN s.user_id IS NULL THEN t.{column} ELSE {value} END")
+            new = f"COALESCE(s.{column}, t.{column})" if keep else f"s.{column}"
+            value = f"CASE WHEN s.user_id IS NULL THEN t.{column} ELSE {new} END"
         elif name == "_updated_at":
-            merged.append(f"CASE WHEN s.user_id IS NULL THEN t._updated_at ELSE {stamp} END")
+            value = f"CASE WHEN s.user_id IS NULL THEN t._updated_at ELSE {stamp} END"
         elif name == "_source":
-            merged.append(f"CASE WHEN s.user_id IS NULL THEN t._source ELSE {row_source} END")
+            value = f"CASE WHEN s.user_id IS NULL THEN t._source ELSE {row_source} END"
         else:  # a column of a property no longer in the catalog keeps its values
-            merged.append(f"t.{column}")
-    last_old_row = con.execute(f"SELECT max(rowid) FROM {ident(table)}").fetchone()[0]
-    statements = [
-        # Row order in the new files does not matter, and not keeping it lets the insert stream
-        # (apply_source resets it: staging relies on the order).
-        "SET preserve_insertion_order = false",
-        f"INSERT INTO {ident(table)} ({', '.join(ident(n) for n in names)}) SELECT {', '.join(merged)} "
-        f"FROM {ident(table)} AS t FULL OUTER JOIN ({valid_rows}) AS s ON t.user_id = s.user_id",
-    ]
-    if last_old_row is not None:
-        statements.append(f"DELETE FROM {ident(table)} WHERE rowid <= {int(last_old_row)}")
-    return statements
+            value = f"t.{column}"
+        # The file's columns must have the table's names and types exactly (ducklake_add_data_files).
+        merged.append(f"CAST({value} AS {data_type}) AS {column}")
+    read_files = _table_files(con, table)  # before reading the rows: a change in between fails the swap
+    folder = table_data_folder(con, table)
+    if "://" not in folder:
+        os.makedirs(folder, exist_ok=True)
+    # Named as DuckLake names its files, so maintenance deletes it if a killed run leaves it behind.
+    rewritten = _RewrittenTable(table, f"{folder}ducklake-{uuid.uuid4()}.parquet", read_files)
+    # Row order in the file does not matter; not keeping it lets the write stream on every thread
+    # (apply_source resets it: staging relies on the order).
+    con.execute("SET preserve_insertion_order = false")
+    try:
+        con.execute(
+            f"COPY (SELECT {', '.join(merged)} FROM {ident(table)} AS t FULL OUTER JOIN ({valid_rows}) AS s "
+            f"ON t.user_id = s.user_id) TO {literal(rewritten.file)} (FORMAT parquet)"
+        )
+    except BaseException:
+        rewritten.discard()
+        raise
+    return rewritten
 
 
-def _apply_valid_rows(
-    con: duckdb.DuckDBPyConnection,
-    integration: InboundIntegration,
-    table: str,
-    run: RunRecord,
-    valid_rows: int,
-    progress: Progress,
-) -> int:
-    """MERGE for ordinary sources; rewrite the table when the source is large next to it."""
-    existing = con.execute(f"SELECT count(*) FROM {ident(table)}").fetchone()[0]
-    rows = _valid_rows_sql(run.rows_rejected > 0)
-    if valid_rows >= REWRITE_MIN_ROWS and valid_rows * REWRITE_MIN_SHARE >= existing:
-        progress(f"writing {table} anew: {existing:,} users in the table, {valid_rows:,} rows to apply")
-        for statement in _rewrite_sql(con, integration, table, run.source, run.started_at, rows):
-            con.execute(statement)
-        return valid_rows
-    applied = con.execute(_merge_sql(integration, table, run.source, run.started_at, rows)).fetchone()
-    return int(applied[0]) if applied else valid_rows
+def _rewrites(table_rows: int, valid_rows: int) -> bool:
+    """Whether a source of `valid_rows` rewrites a table of `table_rows` (else it is MERGEd)."""
+    return valid_rows >= REWRITE_MIN_ROWS and valid_rows * REWRITE_MIN_SHARE >= table_rows
 
 
 def apply_source(
@@ -309,6 +378,10 @@ def apply_source(
     `before_commit(con, run)` runs inside the transaction after the decision (used to record
     processed files). If more than `max_rejected_ratio` of the rows are rejected, or no row is
     valid, nothing is applied and the run is failed. `progress` gets a line per step.
+
+    The source is read twice: once to validate (keeping only what rejects a row), once to apply.
+    A large source rewrites its table into a new file before the write transaction, which then
+    only swaps it in; a small one is MERGEd in the transaction.
     """
     started = time.perf_counter()
 
@@ -317,15 +390,17 @@ def apply_source(
             progress(f"{message} ({time.perf_counter() - started:.1f} s)")
 
     source_columns = [d[0] for d in con.execute(f"DESCRIBE SELECT * FROM ({source_sql})").fetchall()]
+    cells_sql = _cells_sql(integration, source_sql, source_columns)
     table = attributes_table(integration.name)
+    rewritten: _RewrittenTable | None = None
     try:
         # Reading and validating the source writes only temporary tables: it runs outside the
         # lake transaction, so other integrations' commits go on meanwhile.
-        con.execute(_stage_sql(integration, source_sql, source_columns))
+        con.execute(_stage_sql(integration, cells_sql))
         con.execute(_staged_view_sql(con, row_offset))
         con.execute(_duplicates_sql())
         con.execute(_rejections_sql(integration.user_id_source))
-        rows_read = con.execute("SELECT count(*) FROM _stage").fetchone()[0]
+        rows_read = con.execute("SELECT count(*) FROM _stage_rows").fetchone()[0]
         rows_rejected = con.execute("SELECT count(DISTINCT _row) FROM _rejects").fetchone()[0]
         run.rows_read, run.rows_rejected = rows_read, rows_rejected
         report(f"read and validated {rows_read:,} rows, {rows_rejected:,} rejected")
@@ -351,6 +426,15 @@ def apply_source(
             )
         else:
             applying = True
+        rows = _valid_rows_sql(integration, cells_sql, rows_rejected > 0)
+        if applying and valid_rows >= REWRITE_MIN_ROWS:
+            with transaction(con):  # the table and its columns, before its rows are written anew
+                ensure_bookkeeping(con)
+                ensure_attribute_table(con, integration)
+            existing = con.execute(f"SELECT count(*) FROM {ident(table)}").fetchone()[0]
+            if _rewrites(existing, valid_rows):
+                report(f"writing {table} anew: {existing:,} users in the table, {valid_rows:,} rows to apply")
+                rewritten = _rewrite_table(con, integration, table, run.source, run.started_at, rows)
         with transaction(con):
             ensure_bookkeeping(con)
             ensure_attribute_table(con, integration)
@@ -360,7 +444,12 @@ def apply_source(
                 [run.run_id, run.integration, run.source],
             )
             if applying:
-                run.rows_applied = _apply_valid_rows(con, integration, table, run, valid_rows, report)
+                if rewritten is not None:
+                    rewritten.swap_in(con)
+                    run.rows_applied = valid_rows
+                else:
+                    applied = con.execute(_merge_sql(integration, table, run.source, run.started_at, rows)).fetchone()
+                    run.rows_applied = int(applied[0]) if applied else valid_rows
                 plural = "s" if run.rows_applied != 1 else ""
                 report(f"applied {run.rows_applied:,} row{plural} to {table}, committing")
                 run.status = "partial" if rows_rejected else "success"
@@ -369,17 +458,20 @@ def apply_source(
             if before_commit is not None:
                 before_commit(con, run)
             record_run(con, run)
+        rewritten = None  # committed: the lake owns its file
         report("committed")
     except duckdb.OutOfMemoryException as exc:
         limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
-        rows = f"{run.rows_read:,} rows " if run.rows_read else ""
+        rows_text = f"{run.rows_read:,} rows " if run.rows_read else ""
         raise WarehouseMemoryError(
             f"DuckDB needed more than its memory_limit of {limit} to apply {run.source} "
-            f"({rows}into {table}); nothing was applied and the source is still pending: "
+            f"({rows_text}into {table}); nothing was applied and the source is still pending: "
             f"set ${MEMORY_LIMIT_ENV} higher (e.g. 4GB) for the Dagster runs and run it again "
             f"({str(exc).splitlines()[0]})"
         ) from None
     finally:
+        if rewritten is not None:
+            rewritten.discard()
         for statement in ("DROP VIEW IF EXISTS temp.main._stage", "DROP TABLE IF EXISTS temp.main._stage_rows",
                           "DROP TABLE IF EXISTS temp.main._dups", "DROP TABLE IF EXISTS temp.main._rejects",
                           "RESET preserve_insertion_order"):

@@ -10,8 +10,9 @@ the other half, run by the scheduled `warehouse_maintenance` job:
 4. delete orphaned files: Parquet files no snapshot ever referenced, left by a killed run.
 
 Each step is one lake write transaction (`warehouse.transaction`), so it takes its turn at the
-lake's write lock and never races a run's commit; while it holds the lock no run has a
-transaction open, so no file being written by a run can look orphaned.
+lake's write lock and never races a run's commit. A file a run is writing (inside its transaction,
+or a large source's rewritten table just before it) is younger than ORPHAN_GRACE, so it never looks
+orphaned.
 
 Deleted files may still be read by a query that started before they were unreferenced, so
 they get a grace period: files unreferenced for at least UNREFERENCED_GRACE and since before

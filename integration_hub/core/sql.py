@@ -42,28 +42,29 @@ def cast_expression(raw: str, property_type: str) -> str:
 
     Blank cells give NULL too; callers tell the two apart with `blank(raw)`.
     """
-    value = f"trim({raw})"
     if property_type == "string":
         return f"CASE WHEN {blank(raw)} THEN NULL ELSE {raw} END"
+    return typed_value(f"NULLIF(trim({raw}), '')", property_type)
+
+
+def typed_value(cell: str, property_type: str) -> str:
+    """SQL turning `cell`, a trimmed non-blank text (or NULL), into a non-string property type.
+
+    NULL when it does not cast. Give it a column rather than an expression: it is used more than once.
+    """
     if property_type == "number":
         # TRY_CAST accepts 'inf' and 'nan'; an attribute must be a finite number.
-        return (
-            f"CASE WHEN isfinite(TRY_CAST({value} AS DOUBLE)) "
-            f"THEN TRY_CAST({value} AS DOUBLE) END"
-        )
+        return f"CASE WHEN isfinite(TRY_CAST({cell} AS DOUBLE)) THEN TRY_CAST({cell} AS DOUBLE) END"
     if property_type == "boolean":
         return (
-            f"CASE WHEN lower({value}) IN ('true', 'yes', '1') THEN TRUE "
-            f"WHEN lower({value}) IN ('false', 'no', '0') THEN FALSE END"
+            f"CASE WHEN lower({cell}) IN ('true', 'yes', '1') THEN TRUE "
+            f"WHEN lower({cell}) IN ('false', 'no', '0') THEN FALSE END"
         )
     if property_type == "date":
-        return f"CASE WHEN regexp_matches({value}, '{_DATE}') THEN TRY_CAST({value} AS DATE) END"
+        return f"CASE WHEN regexp_matches({cell}, '{_DATE}') THEN TRY_CAST({cell} AS DATE) END"
     if property_type == "datetime":
         # The connection runs with TimeZone=UTC, so a value without a zone is read as UTC.
-        return (
-            f"CASE WHEN regexp_matches({value}, '{_DATETIME}') "
-            f"THEN TRY_CAST({value} AS TIMESTAMPTZ) END"
-        )
+        return f"CASE WHEN regexp_matches({cell}, '{_DATETIME}') THEN TRY_CAST({cell} AS TIMESTAMPTZ) END"
     raise ValueError(f"unknown property type {property_type!r}")
 
 

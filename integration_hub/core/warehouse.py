@@ -9,8 +9,8 @@ Writers: runs of different integrations do their work (downloads, staging, valid
 same time. A SQLite catalog lets one writer commit at a time, and a DuckLake transaction whose
 metadata snapshot is older than another's commit cannot commit at all, so with SQLite the write
 transactions themselves (see `transaction`) take turns through a lock on the catalog file. They
-are short: the slow work happens before, in temporary tables. Two runs of one integration are
-serialized for their whole length (`integration_lock`).
+are short: the slow work (validation, a large source's new Parquet file) happens before. Two
+runs of one integration are serialized for their whole length (`integration_lock`).
 """
 
 from __future__ import annotations
@@ -404,6 +404,30 @@ def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
         [table],
     ).fetchall()
     return {name: data_type for name, data_type in rows}
+
+
+def table_data_folder(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """The folder (or URL prefix) DuckLake writes `table`'s Parquet files to, ending in '/'.
+
+    Read from the lake's own catalog (attached by DuckLake as __ducklake_metadata_<name>): the
+    data path, then the schema's and the table's folders, each relative to the one before unless
+    it says otherwise.
+    """
+    meta = ident(f"__ducklake_metadata_{LAKE}")
+    row = con.execute(
+        f"SELECT m.value, s.path, s.path_is_relative, t.path, t.path_is_relative "
+        f"FROM {meta}.ducklake_table t JOIN {meta}.ducklake_schema s USING (schema_id), {meta}.ducklake_metadata m "
+        "WHERE m.key = 'data_path' AND s.schema_name = 'main' AND s.end_snapshot IS NULL "
+        "AND t.table_name = ? AND t.end_snapshot IS NULL",
+        [table],
+    ).fetchone()
+    if row is None:
+        raise WarehouseError(f"the lake has no table {table}")
+    folder = row[0]
+    for path, relative in ((row[1], row[2]), (row[3], row[4])):
+        if path:
+            folder = folder + path if relative else path
+    return folder if folder.endswith("/") else folder + "/"
 
 
 def table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
