@@ -280,6 +280,11 @@ def test_writes_of_two_connections_take_turns_and_both_commit(local_landing: Lan
     assert query(catalog, "SELECT (SELECT count(*) FROM lefts), (SELECT count(*) FROM rights)") == [(5, 5)]
 
 
+def staged_files(catalog) -> list[Path]:
+    """Sources staged by apply_source (in DuckDB's temp directory beside the catalog) and not deleted."""
+    return list((catalog.warehouse_catalog_path.parent / ".duckdb_tmp").glob("stage-*.parquet"))
+
+
 def _rewrite_with(monkeypatch: pytest.MonkeyPatch, during) -> list:
     """Every source of 2+ rows rewrites its table; `during(con, rewritten)` runs once its file is written."""
     import integration_hub.core.ingest as ingest
@@ -321,6 +326,7 @@ def test_a_large_source_writes_its_rows_before_its_write_transaction(local_landi
     assert query(catalog, "SELECT n FROM committed_meanwhile") == [(1,)]
     files = query(catalog, "SELECT data_file FROM ducklake_list_files('lake', 'attributes_crm')")
     assert files == [(rewrites[0].file,)]  # the merged file is the table now
+    assert not staged_files(catalog)
 
 
 def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its_file(
@@ -342,3 +348,4 @@ def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its
     ]
     assert not Path(rewrites[0].file).exists()
     assert "2.csv" in local_landing.keys(), "not applied: the file stays pending"
+    assert not staged_files(catalog)

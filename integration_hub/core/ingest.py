@@ -1,4 +1,4 @@
-"""Applying inbound rows to an attribute table: stage, validate, MERGE, in one transaction.
+"""Applying inbound rows to an attribute table: stage, validate, apply, in one write transaction.
 
 CSV files and API batches both end here. The source is any DuckDB relation whose columns
 are the source names (VARCHAR); all work is DuckDB SQL. The whole application, including
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -164,11 +165,13 @@ def _any_bad_cell(integration: InboundIntegration) -> str:
     return " OR ".join(conditions) or "false"
 
 
-def _stage_sql(integration: InboundIntegration, cells_sql: str) -> str:
-    """The validation pass: per row, only what rejects it (the user id, bad cells, a row error).
+def _stage_sql(integration: InboundIntegration, cells_sql: str, stage_file: str) -> str:
+    """The one pass that reads, casts and validates the source, into a Parquet file of its own.
 
-    The typed values are not kept: the apply reads the source again, which costs less than
-    writing and reading back every typed row of a large file.
+    Per row: the user id, the typed values (`_typed<k>`), and what rejects the row (`_bad`, the
+    cells that do not cast, NULL when none; `_row_error`). A Parquet file streams at any size under
+    the memory limit, keeps the source's order (its row number is the row's position), and the
+    checks and the apply each read only the columns they need.
     """
     bad = [
         f"CASE WHEN _cell{k} IS NOT NULL AND _typed{k} IS NULL THEN "
@@ -179,19 +182,21 @@ def _stage_sql(integration: InboundIntegration, cells_sql: str) -> str:
         f"CASE WHEN {_any_bad_cell(integration)} THEN list_filter([{', '.join(bad)}], lambda x: x IS NOT NULL) END"
         if bad else "NULL"
     )
-    # No row_number() window here: it would make the scan single-threaded. The table keeps the
-    # source's order (preserve_insertion_order), so its rowid is the row's position.
+    typed = [f"_typed{k}" for k in range(len(integration.inbound_properties))]
     return (
-        "CREATE OR REPLACE TEMP TABLE _stage_rows AS SELECT user_id, "
-        f"CAST({listed} AS STRUCT(column_name VARCHAR, value VARCHAR, reason VARCHAR)[]) AS _bad, _row_error "
-        f"FROM ({cells_sql})"
+        f"COPY (SELECT {', '.join(['user_id', *typed])}, "
+        f"CAST({listed} AS STRUCT(column_name VARCHAR, value VARCHAR, reason VARCHAR)[]) AS _bad, _row_error, _row_source "
+        f"FROM ({cells_sql})) TO {literal(stage_file)} (FORMAT parquet)"
     )
 
 
-def _staged_view_sql(con: duckdb.DuckDBPyConnection, row_offset: int) -> str:
-    # Rows appended inside a transaction get rowids from a large base; count from the first one.
-    first = con.execute("SELECT coalesce(min(rowid), 0) FROM _stage_rows").fetchone()[0]
-    return f"CREATE OR REPLACE TEMP VIEW _stage AS SELECT rowid - {int(first)} + {int(row_offset) + 1} AS _row, * FROM _stage_rows"
+def _staged_view_sql(stage_file: str, row_offset: int) -> str:
+    # No row_number() window: it would make the scan single-threaded. The file keeps the
+    # source's order (preserve_insertion_order), so its row number is the row's position.
+    return (
+        f"CREATE OR REPLACE TEMP VIEW _stage AS SELECT file_row_number + {int(row_offset) + 1} AS _row, "
+        f"* EXCLUDE (file_row_number) FROM read_parquet({literal(stage_file)}, file_row_number = true)"
+    )
 
 
 def _duplicates_sql() -> str:
@@ -200,7 +205,7 @@ def _duplicates_sql() -> str:
     return """
     CREATE OR REPLACE TEMP TABLE _dups AS
     WITH counted AS (
-        SELECT user_id, count(*) AS n FROM _stage_rows WHERE user_id IS NOT NULL GROUP BY user_id HAVING count(*) > 1
+        SELECT user_id, count(*) AS n FROM _stage WHERE user_id IS NOT NULL GROUP BY user_id HAVING count(*) > 1
     )
     SELECT c.user_id, c.n, list(s._row ORDER BY s._row)[1:5] AS rows
       FROM counted c JOIN _stage s USING (user_id)
@@ -222,7 +227,7 @@ def _rejections_sql(user_id_source: str) -> str:
       FROM _stage s JOIN _dups d USING (user_id)
     UNION ALL
     SELECT _row, user_id, b.column_name, b.value, b.reason
-      FROM (SELECT _row, user_id, unnest(_bad) AS b FROM _stage WHERE len(_bad) > 0)
+      FROM (SELECT _row, user_id, unnest(_bad) AS b FROM _stage WHERE _bad IS NOT NULL)
     UNION ALL
     SELECT _row, user_id, NULL, NULL, _row_error FROM _stage WHERE _row_error IS NOT NULL
     """
@@ -254,15 +259,24 @@ def _merge_sql(
     """
 
 
-def _valid_rows_sql(integration: InboundIntegration, cells_sql: str, any_rejected: bool) -> str:
-    """The rows to apply, typed: the source read again, without the rows validation rejected."""
+def _stage_file(con: duckdb.DuckDBPyConnection) -> str:
+    """A new path for a staged source: in the connection's temp directory (where DuckDB spills)."""
+    folder = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
+    if not os.path.isabs(folder):  # an in-memory database's default is '.tmp' in the working directory
+        folder = tempfile.gettempdir()
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"stage-{uuid.uuid4().hex}.parquet")
+
+
+def _valid_rows_sql(integration: InboundIntegration, stage_file: str, any_rejected: bool) -> str:
+    """The rows to apply, typed: the staged rows without the rejected ones."""
     typed = [f"_typed{k} AS {ident(name)}" for k, (_, name, _) in enumerate(integration.inbound_properties)]
-    select = f"SELECT {', '.join(['user_id', *typed, '_row_source'])} FROM ({cells_sql})"
+    select = f"SELECT {', '.join(['user_id', *typed, '_row_source'])} FROM read_parquet({literal(stage_file)})"
     if not any_rejected:  # every row is valid: no filter, no anti-join
         return select
-    # The same conditions as _stage_sql and _rejections_sql, on the same rows.
+    # The same conditions as _rejections_sql.
     return (
-        f"{select} WHERE user_id IS NOT NULL AND _row_error IS NULL AND NOT ({_any_bad_cell(integration)}) "
+        f"{select} WHERE user_id IS NOT NULL AND _bad IS NULL AND _row_error IS NULL "
         "AND user_id NOT IN (SELECT user_id FROM _dups)"
     )
 
@@ -379,7 +393,7 @@ def apply_source(
     processed files). If more than `max_rejected_ratio` of the rows are rejected, or no row is
     valid, nothing is applied and the run is failed. `progress` gets a line per step.
 
-    The source is read twice: once to validate (keeping only what rejects a row), once to apply.
+    The source is read, cast and validated once, into a Parquet file in DuckDB's temp directory.
     A large source rewrites its table into a new file before the write transaction, which then
     only swaps it in; a small one is MERGEd in the transaction.
     """
@@ -392,15 +406,16 @@ def apply_source(
     source_columns = [d[0] for d in con.execute(f"DESCRIBE SELECT * FROM ({source_sql})").fetchall()]
     cells_sql = _cells_sql(integration, source_sql, source_columns)
     table = attributes_table(integration.name)
+    stage_file = _stage_file(con)
     rewritten: _RewrittenTable | None = None
     try:
-        # Reading and validating the source writes only temporary tables: it runs outside the
+        # Reading and validating the source writes only temporary files: it runs outside the
         # lake transaction, so other integrations' commits go on meanwhile.
-        con.execute(_stage_sql(integration, cells_sql))
-        con.execute(_staged_view_sql(con, row_offset))
+        con.execute(_stage_sql(integration, cells_sql, stage_file))
+        con.execute(_staged_view_sql(stage_file, row_offset))
         con.execute(_duplicates_sql())
         con.execute(_rejections_sql(integration.user_id_source))
-        rows_read = con.execute("SELECT count(*) FROM _stage_rows").fetchone()[0]
+        rows_read = con.execute("SELECT count(*) FROM _stage").fetchone()[0]
         rows_rejected = con.execute("SELECT count(DISTINCT _row) FROM _rejects").fetchone()[0]
         run.rows_read, run.rows_rejected = rows_read, rows_rejected
         report(f"read and validated {rows_read:,} rows, {rows_rejected:,} rejected")
@@ -426,7 +441,7 @@ def apply_source(
             )
         else:
             applying = True
-        rows = _valid_rows_sql(integration, cells_sql, rows_rejected > 0)
+        rows = _valid_rows_sql(integration, stage_file, rows_rejected > 0)
         if applying and valid_rows >= REWRITE_MIN_ROWS:
             with transaction(con):  # the table and its columns, before its rows are written anew
                 ensure_bookkeeping(con)
@@ -472,8 +487,9 @@ def apply_source(
     finally:
         if rewritten is not None:
             rewritten.discard()
-        for statement in ("DROP VIEW IF EXISTS temp.main._stage", "DROP TABLE IF EXISTS temp.main._stage_rows",
-                          "DROP TABLE IF EXISTS temp.main._dups", "DROP TABLE IF EXISTS temp.main._rejects",
+        with contextlib.suppress(OSError):
+            os.unlink(stage_file)
+        for statement in ("DROP VIEW IF EXISTS temp.main._stage", "DROP TABLE IF EXISTS temp.main._dups", "DROP TABLE IF EXISTS temp.main._rejects",
                           "RESET preserve_insertion_order"):
             try:
                 con.execute(statement)
