@@ -128,7 +128,7 @@ def record_failure(con: duckdb.DuckDBPyConnection, run: RunRecord, message: str)
 
 
 def _cells_sql(integration: InboundIntegration, source_sql: str, source_columns: list[str]) -> str:
-    """The source's rows as validation and the apply read them, every cell worked out once.
+    """The source's rows as staging reads them, every cell worked out once.
 
     The inner query gives each mapped cell's text (`_raw<k>`) and its trimmed value (`_cell<k>`,
     NULL when blank); the outer one adds the typed value (`_typed<k>`, NULL when blank or when the
