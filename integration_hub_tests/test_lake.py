@@ -351,8 +351,8 @@ def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its
     assert not staged_files(catalog)
 
 
-@pytest.mark.parametrize("setting, expected", [(None, 10), ("15", 15)])
-def test_runs_yield_the_cpu_to_readers(local_landing: Landing, monkeypatch, setting, expected) -> None:
+@pytest.mark.parametrize("setting, expected, via", [(None, 10, "job"), ("15", 15, "job"), (None, 10, "command")])
+def test_runs_yield_the_cpu_to_readers(local_landing: Landing, monkeypatch, capsys, setting, expected, via) -> None:
     if setting is not None:
         monkeypatch.setenv("INTEGRATION_HUB_RUN_NICENESS", setting)
     catalog = local_landing.write_catalog()
@@ -360,7 +360,10 @@ def test_runs_yield_the_cpu_to_readers(local_landing: Landing, monkeypatch, sett
     seen: list = []
 
     def a_run_on_its_own_thread() -> None:  # a thread's nice value is its own (Linux)
-        seen.append(run_job(catalog, "crm").success)
+        if via == "job":
+            seen.append(run_job(catalog, "crm").success)
+        else:
+            seen.append(main(["run", "crm", "--catalog", str(local_landing.catalog_path)]) == 0)
         seen.append(os.getpriority(os.PRIO_PROCESS, 0))
         started = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
         started.start()
