@@ -280,9 +280,20 @@ def test_writes_of_two_connections_take_turns_and_both_commit(local_landing: Lan
     assert query(catalog, "SELECT (SELECT count(*) FROM lefts), (SELECT count(*) FROM rights)") == [(5, 5)]
 
 
-def staged_files(catalog) -> list[Path]:
-    """Sources staged by apply_source (in DuckDB's temp directory beside the catalog) and not deleted."""
-    return list((catalog.warehouse_catalog_path.parent / ".duckdb_tmp").glob("stage-*.parquet"))
+def staged_files(temp: Path) -> list[Path]:
+    """Sources staged by apply_source in the temp folder `temp` and not deleted."""
+    return list(temp.glob("integration-hub-stage-*.parquet"))
+
+
+@pytest.fixture
+def temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temp folder of this test's runs alone (tempfile's, as $TMPDIR sets it)."""
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
 
 
 def _rewrite_with(monkeypatch: pytest.MonkeyPatch, during) -> list:
@@ -303,7 +314,9 @@ def _rewrite_with(monkeypatch: pytest.MonkeyPatch, during) -> list:
     return rewrites
 
 
-def test_a_large_source_writes_its_rows_before_its_write_transaction(local_landing: Landing, monkeypatch) -> None:
+def test_a_large_source_writes_its_rows_before_its_write_transaction(
+    local_landing: Landing, monkeypatch, temp_folder: Path
+) -> None:
     catalog = local_landing.write_catalog()
     local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\nb@x.com,free,5,no,2024-01-01,\n")
     assert run_job(catalog, "crm").success
@@ -326,11 +339,11 @@ def test_a_large_source_writes_its_rows_before_its_write_transaction(local_landi
     assert query(catalog, "SELECT n FROM committed_meanwhile") == [(1,)]
     files = query(catalog, "SELECT data_file FROM ducklake_list_files('lake', 'attributes_crm')")
     assert files == [(rewrites[0].file,)]  # the merged file is the table now
-    assert not staged_files(catalog)
+    assert not staged_files(temp_folder)
 
 
 def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its_file(
-    local_landing: Landing, monkeypatch
+    local_landing: Landing, monkeypatch, temp_folder: Path
 ) -> None:
     catalog = local_landing.write_catalog()
     local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\nb@x.com,free,5,no,2024-01-01,\n")
@@ -348,7 +361,7 @@ def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its
     ]
     assert not Path(rewrites[0].file).exists()
     assert "2.csv" in local_landing.keys(), "not applied: the file stays pending"
-    assert not staged_files(catalog)
+    assert not staged_files(temp_folder)
 
 
 @pytest.mark.parametrize("setting, expected, via", [(None, 10, "job"), ("15", 15, "job"), (None, 10, "command")])

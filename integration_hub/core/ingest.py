@@ -259,13 +259,13 @@ def _merge_sql(
     """
 
 
-def _stage_file(con: duckdb.DuckDBPyConnection) -> str:
-    """A new path for a staged source: in the connection's temp directory (where DuckDB spills)."""
-    folder = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
-    if not os.path.isabs(folder):  # an in-memory database's default is '.tmp' in the working directory
-        folder = tempfile.gettempdir()
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f"stage-{uuid.uuid4().hex}.parquet")
+def _stage_file() -> str:
+    """A new path for a staged source, in the temp folder downloads go to ($TMPDIR).
+
+    Not in DuckDB's temp_directory: a DuckDB instance that created that folder removes it, with
+    everything in it, when it closes, and other runs' DuckDB instances share it.
+    """
+    return os.path.join(tempfile.gettempdir(), f"integration-hub-stage-{uuid.uuid4().hex}.parquet")
 
 
 def _valid_rows_sql(integration: InboundIntegration, stage_file: str, any_rejected: bool) -> str:
@@ -393,7 +393,7 @@ def apply_source(
     processed files). If more than `max_rejected_ratio` of the rows are rejected, or no row is
     valid, nothing is applied and the run is failed. `progress` gets a line per step.
 
-    The source is read, cast and validated once, into a Parquet file in DuckDB's temp directory.
+    The source is read, cast and validated once, into a Parquet file in the temp folder.
     A large source rewrites its table into a new file before the write transaction, which then
     only swaps it in; a small one is MERGEd in the transaction.
     """
@@ -406,7 +406,7 @@ def apply_source(
     source_columns = [d[0] for d in con.execute(f"DESCRIBE SELECT * FROM ({source_sql})").fetchall()]
     cells_sql = _cells_sql(integration, source_sql, source_columns)
     table = attributes_table(integration.name)
-    stage_file = _stage_file(con)
+    stage_file = _stage_file()
     rewritten: _RewrittenTable | None = None
     try:
         # Reading and validating the source writes only temporary files: it runs outside the
