@@ -364,8 +364,8 @@ def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its
     assert not staged_files(temp_folder)
 
 
-@pytest.mark.parametrize("setting, expected, via", [(None, 10, "job"), ("15", 15, "job"), (None, 10, "command")])
-def test_runs_yield_the_cpu_to_readers(local_landing: Landing, monkeypatch, capsys, setting, expected, via) -> None:
+@pytest.mark.parametrize("setting, expected", [(None, 10), ("15", 15)])
+def test_runs_yield_the_cpu_to_readers(local_landing: Landing, monkeypatch, setting, expected) -> None:
     if setting is not None:
         monkeypatch.setenv("INTEGRATION_HUB_RUN_NICENESS", setting)
     catalog = local_landing.write_catalog()
@@ -373,10 +373,7 @@ def test_runs_yield_the_cpu_to_readers(local_landing: Landing, monkeypatch, caps
     seen: list = []
 
     def a_run_on_its_own_thread() -> None:  # a thread's nice value is its own (Linux)
-        if via == "job":
-            seen.append(run_job(catalog, "crm").success)
-        else:
-            seen.append(main(["run", "crm", "--catalog", str(local_landing.catalog_path)]) == 0)
+        seen.append(run_job(catalog, "crm").success)
         seen.append(os.getpriority(os.PRIO_PROCESS, 0))
         started = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
         started.start()

@@ -19,7 +19,7 @@ from ..core.catalog import (
     load_catalog,
 )
 from ..core.state import dagster_instance, is_enabled, job_name, set_enabled
-from ..core.warehouse import open_reader, yield_cpu_to_readers
+from ..core.warehouse import open_reader
 from .hooks import hook
 from .output import CommandError, one_line, print_json, print_table
 
@@ -161,7 +161,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     integration = find_integration(catalog, args.name)
     if args.dry_run:
         return hook("dry_run", integration)(catalog, integration, args)
-    yield_cpu_to_readers()  # this process is the run: all of it, not only its DuckDB work
     with dagster_instance(catalog) as instance:
         if not is_enabled(instance, integration):
             raise CommandError(
