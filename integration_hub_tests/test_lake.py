@@ -362,26 +362,3 @@ def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its
     assert not Path(rewrites[0].file).exists()
     assert "2.csv" in local_landing.keys(), "not applied: the file stays pending"
     assert not staged_files(temp_folder)
-
-
-@pytest.mark.parametrize("setting, expected", [(None, 10), ("15", 15)])
-def test_runs_yield_the_cpu_to_readers(local_landing: Landing, monkeypatch, setting, expected) -> None:
-    if setting is not None:
-        monkeypatch.setenv("INTEGRATION_HUB_RUN_NICENESS", setting)
-    catalog = local_landing.write_catalog()
-    local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\n")
-    seen: list = []
-
-    def a_run_on_its_own_thread() -> None:  # a thread's nice value is its own (Linux)
-        seen.append(run_job(catalog, "crm").success)
-        seen.append(os.getpriority(os.PRIO_PROCESS, 0))
-        started = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
-        started.start()
-        started.join()
-
-    before = os.getpriority(os.PRIO_PROCESS, 0)
-    runner = threading.Thread(target=a_run_on_its_own_thread)
-    runner.start()
-    runner.join()
-    assert seen == [True, max(expected, before), max(expected, before)]  # threads it starts (DuckDB's) too
-    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # only the run's thread

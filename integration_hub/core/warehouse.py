@@ -16,7 +16,6 @@ runs of one integration are serialized for their whole length (`integration_lock
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import sqlite3
 import threading
@@ -34,7 +33,6 @@ from pydantic import PrivateAttr
 from .catalog import Catalog, InboundIntegration
 from .sql import DUCKDB_TYPES, ident, literal
 
-log = logging.getLogger(__name__)
 MEMORY_LIMIT_ENV = "INTEGRATION_HUB_DUCKDB_MEMORY"
 # DuckDB would take 80% of RAM; the warehouse shares the machine with Dagster and the API, and
 # spills to disk (temp_directory) beyond this. $INTEGRATION_HUB_DUCKDB_MEMORY overrides it.
@@ -367,31 +365,6 @@ def integration_lock(where: Catalog | Lake, integration: str) -> Any:
     return file_lock(lake.catalog_path.parent / ".locks" / f"{integration}.lock", f"integration {integration}")
 
 
-RUN_NICENESS_ENV = "INTEGRATION_HUB_RUN_NICENESS"
-DEFAULT_RUN_NICENESS = 10
-
-
-def yield_cpu_to_readers() -> None:
-    """Lower the CPU priority of the calling thread (a run's), and so of DuckDB's threads it starts.
-
-    Analysts' queries, the API server and the Dagster UI then get the CPU first on a shared
-    machine; a run goes at full speed whenever they are idle. On Linux a thread's nice value is
-    its own and new threads inherit it; it is only ever raised here (a lower one needs privileges).
-    $INTEGRATION_HUB_RUN_NICENESS sets it (0 leaves runs as they are).
-    """
-    setting = os.environ.get(RUN_NICENESS_ENV, str(DEFAULT_RUN_NICENESS))
-    try:
-        wanted = int(setting)
-    except ValueError:
-        log.warning("$%s=%r is not a whole number 0-19: the run keeps its CPU priority", RUN_NICENESS_ENV, setting)
-        return
-    try:
-        if wanted > os.getpriority(os.PRIO_PROCESS, 0):
-            os.setpriority(os.PRIO_PROCESS, 0, min(wanted, 19))
-    except (AttributeError, OSError):
-        pass  # no such call on this platform: the run keeps its priority
-
-
 class WarehouseResource(DuckDBResource):
     """dagster-duckdb's resource, opening the lake; a run holds its integration's lock throughout.
 
@@ -412,7 +385,6 @@ class WarehouseResource(DuckDBResource):
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:  # type: ignore[override]
-        yield_cpu_to_readers()
         if self._integration:
             with integration_lock(self.lake, self._integration), open_writer(self.lake) as con:
                 yield con
