@@ -22,7 +22,7 @@ from typing import Any, Literal
 import duckdb
 
 from .catalog import InboundIntegration
-from .sql import ident, literal, rejection_reason, typed_value
+from .sql import ident, literal, rejection_reason, trimmed_cell, typed_value
 from .warehouse import (
     LAKE,
     MEMORY_LIMIT_ENV,
@@ -135,13 +135,12 @@ def _cells_sql(integration: InboundIntegration, source_sql: str, source_columns:
     text does not cast). Nesting keeps DuckDB from trimming and casting a cell more than once.
     """
     uid = f"CAST(src.{ident(integration.user_id_source)} AS VARCHAR)"
-    inner = [f"NULLIF(trim({uid}), '') AS user_id"]
+    inner = [f"{trimmed_cell(uid)} AS user_id"]
     outer = ["user_id"]
     for k, (source, _, ptype) in enumerate(integration.inbound_properties):
         raw = f"CAST(src.{ident(source)} AS VARCHAR)"
-        inner += [f"{raw} AS _raw{k}", f"NULLIF(trim({raw}), '') AS _cell{k}"]
-        typed = f"CASE WHEN _cell{k} IS NOT NULL THEN _raw{k} END" if ptype == "string" else typed_value(f"_cell{k}", ptype)
-        outer += [f"_raw{k}", f"_cell{k}", f"{typed} AS _typed{k}"]
+        inner += [f"{raw} AS _raw{k}", f"{trimmed_cell(raw)} AS _cell{k}"]
+        outer += [f"_raw{k}", f"_cell{k}", f"{typed_value(f'_cell{k}', f'_raw{k}', ptype)} AS _typed{k}"]
     inner.append(
         f"CAST(src.{ident(ROW_ERROR_COLUMN)} AS VARCHAR) AS _row_error" if ROW_ERROR_COLUMN in source_columns
         else "CAST(NULL AS VARCHAR) AS _row_error"
@@ -159,10 +158,14 @@ def _bad_cells(integration: InboundIntegration) -> list[tuple[int, str, str]]:
     return [(k, source, ptype) for k, (source, _, ptype) in enumerate(integration.inbound_properties) if ptype != "string"]
 
 
+def _cell_rejected(k: int) -> str:
+    """SQL over `_cells_sql`: property k's cell is not blank and does not cast."""
+    return f"(_cell{k} IS NOT NULL AND _typed{k} IS NULL)"
+
+
 def _any_bad_cell(integration: InboundIntegration) -> str:
-    """SQL over `_cells_sql`: the row has a cell that is not blank and does not cast."""
-    conditions = [f"(_cell{k} IS NOT NULL AND _typed{k} IS NULL)" for k, _, _ in _bad_cells(integration)]
-    return " OR ".join(conditions) or "false"
+    """SQL over `_cells_sql`: the row has a cell that is rejected."""
+    return " OR ".join(_cell_rejected(k) for k, _, _ in _bad_cells(integration)) or "false"
 
 
 def _stage_sql(integration: InboundIntegration, cells_sql: str, stage_file: str) -> str:
@@ -174,7 +177,7 @@ def _stage_sql(integration: InboundIntegration, cells_sql: str, stage_file: str)
     checks and the apply each read only the columns they need.
     """
     bad = [
-        f"CASE WHEN _cell{k} IS NOT NULL AND _typed{k} IS NULL THEN "
+        f"CASE WHEN {_cell_rejected(k)} THEN "
         f"{{'column_name': {literal(source)}, 'value': _raw{k}, 'reason': {literal(rejection_reason(ptype))}}} END"
         for k, source, ptype in _bad_cells(integration)
     ]

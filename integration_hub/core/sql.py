@@ -28,9 +28,9 @@ def literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def blank(raw: str) -> str:
-    """SQL condition: a cell with no value (NULL, empty or only whitespace)."""
-    return f"({raw} IS NULL OR trim({raw}) = '')"
+def trimmed_cell(raw: str) -> str:
+    """SQL: the VARCHAR expression `raw` trimmed, NULL when it is blank (NULL, empty or only whitespace)."""
+    return f"NULLIF(trim({raw}), '')"
 
 
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
@@ -38,20 +38,18 @@ _DATETIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|z|[+-]
 
 
 def cast_expression(raw: str, property_type: str) -> str:
-    """SQL turning the VARCHAR expression `raw` into the property type; NULL when it does not cast.
+    """SQL turning the VARCHAR expression `raw` into the property type; NULL when blank or when it does not cast."""
+    return typed_value(trimmed_cell(raw), raw, property_type)
 
-    Blank cells give NULL too; callers tell the two apart with `blank(raw)`.
+
+def typed_value(cell: str, raw: str, property_type: str) -> str:
+    """SQL: a cell's value as the property type; NULL when blank or when it does not cast.
+
+    `cell` is the cell trimmed (`trimmed_cell(raw)`), `raw` its text as read: a string keeps its
+    text as it came. Give both as columns rather than expressions: they are used more than once.
     """
     if property_type == "string":
-        return f"CASE WHEN {blank(raw)} THEN NULL ELSE {raw} END"
-    return typed_value(f"NULLIF(trim({raw}), '')", property_type)
-
-
-def typed_value(cell: str, property_type: str) -> str:
-    """SQL turning `cell`, a trimmed non-blank text (or NULL), into a non-string property type.
-
-    NULL when it does not cast. Give it a column rather than an expression: it is used more than once.
-    """
+        return f"CASE WHEN {cell} IS NOT NULL THEN {raw} END"
     if property_type == "number":
         # TRY_CAST accepts 'inf' and 'nan'; an attribute must be a finite number.
         return f"CASE WHEN isfinite(TRY_CAST({cell} AS DOUBLE)) THEN TRY_CAST({cell} AS DOUBLE) END"
