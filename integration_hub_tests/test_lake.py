@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -296,42 +297,46 @@ def temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def _rewrite_with(monkeypatch: pytest.MonkeyPatch, during) -> list:
-    """Every source of 2+ rows rewrites its table; `during(con, rewritten)` runs once its file is written."""
+def _second_file_rewrites(landing: Landing, monkeypatch: pytest.MonkeyPatch, during) -> tuple[Any, list, bool]:
+    """a, b on the plan free; then a second file (a gold, c pro) that rewrites the table (every source
+    of 2+ rows does here), calling `during(catalog, con, rewritten)` once the merged file is written.
+
+    Returns the catalog, the rewrites (`_RewrittenTable`s) and whether the second run succeeded.
+    """
     import integration_hub.core.ingest as ingest
 
+    catalog = landing.write_catalog()
+    landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\nb@x.com,free,5,no,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
     monkeypatch.setattr(ingest, "REWRITE_MIN_ROWS", 2)
     real_rewrite_table = ingest._rewrite_table
     rewrites: list = []
 
-    def rewrite(*args):
-        rewritten = real_rewrite_table(*args)
+    def rewrite(con, *args):
+        rewritten = real_rewrite_table(con, *args)
         rewrites.append(rewritten)
-        during(args[0], rewritten)
+        during(catalog, con, rewritten)
         return rewritten
 
     monkeypatch.setattr(ingest, "_rewrite_table", rewrite)
-    return rewrites
+    landing.put("crm/2.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\nc@x.com,pro,1,yes,2024-01-01,\n")
+    return catalog, rewrites, run_job(catalog, "crm").success
 
 
 def test_a_large_source_writes_its_rows_before_its_write_transaction(
     local_landing: Landing, monkeypatch, temp_folder: Path
 ) -> None:
-    catalog = local_landing.write_catalog()
-    local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\nb@x.com,free,5,no,2024-01-01,\n")
-    assert run_job(catalog, "crm").success
     waited: list[float] = []
 
-    def another_integration_commits(con, rewritten) -> None:
+    def another_integration_commits(catalog, con, rewritten) -> None:
         assert Path(rewritten.file).exists() and not con.execute("SELECT count(*) FROM attributes_crm WHERE plan = 'gold'").fetchone()[0]
         started = time.monotonic()
         with open_writer(catalog) as other, transaction(other):
             other.execute("CREATE TABLE committed_meanwhile AS SELECT 1 AS n")
         waited.append(time.monotonic() - started)
 
-    rewrites = _rewrite_with(monkeypatch, another_integration_commits)
-    local_landing.put("crm/2.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\nc@x.com,pro,1,yes,2024-01-01,\n")
-    assert run_job(catalog, "crm").success
+    catalog, rewrites, succeeded = _second_file_rewrites(local_landing, monkeypatch, another_integration_commits)
+    assert succeeded
     assert len(rewrites) == 1 and waited[0] < 2.0  # the rewrite held no lock another writer needs
     assert query(catalog, "SELECT user_id, plan FROM attributes_crm ORDER BY 1") == [
         ("a@x.com", "gold"), ("b@x.com", "free"), ("c@x.com", "pro")
@@ -345,17 +350,12 @@ def test_a_large_source_writes_its_rows_before_its_write_transaction(
 def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its_file(
     local_landing: Landing, monkeypatch, temp_folder: Path
 ) -> None:
-    catalog = local_landing.write_catalog()
-    local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\nb@x.com,free,5,no,2024-01-01,\n")
-    assert run_job(catalog, "crm").success
-
-    def someone_writes_the_table(con, rewritten) -> None:  # what integration_lock rules out for runs
+    def someone_writes_the_table(catalog, con, rewritten) -> None:  # what integration_lock rules out for runs
         with open_writer(catalog) as other, transaction(other):
             other.execute("INSERT INTO attributes_crm (user_id, plan) VALUES ('z@x.com', 'sneaked in')")
 
-    rewrites = _rewrite_with(monkeypatch, someone_writes_the_table)
-    local_landing.put("crm/2.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\nc@x.com,pro,1,yes,2024-01-01,\n")
-    assert not run_job(catalog, "crm").success
+    catalog, rewrites, succeeded = _second_file_rewrites(local_landing, monkeypatch, someone_writes_the_table)
+    assert not succeeded
     assert query(catalog, "SELECT user_id, plan FROM attributes_crm ORDER BY 1") == [
         ("a@x.com", "free"), ("b@x.com", "free"), ("z@x.com", "sneaked in")
     ]
