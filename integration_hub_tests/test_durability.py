@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -392,7 +392,8 @@ def run_job_allowing_failure(catalog):
 
 
 def _apply_sequence(landing: Landing, monkeypatch: pytest.MonkeyPatch, rewrite: bool) -> tuple[list[tuple], int]:
-    """Three files (keep, rejections, a dropped property, clear) applied by MERGE or by rewrite."""
+    """Four files (keep, rejections, a dropped property, clear) and a source whose rows name their
+    own source (as API batches do) applied by MERGE or by rewrite."""
     # The size threshold only chooses the strategy; both must give the same table.
     monkeypatch.setattr(ingest, "REWRITE_MIN_ROWS", 1 if rewrite else 10**12)
     rewrites = []
@@ -425,10 +426,21 @@ def _apply_sequence(landing: Landing, monkeypatch: pytest.MonkeyPatch, rewrite: 
     catalog = landing.write_catalog({**CRM_INTEGRATION, "on_blank": "clear"})  # every column mapped again
     land("d.csv", "cy@example.com,,3,no,,")
     assert run_job(catalog, "crm").success
+    catalog = landing.write_catalog({**CRM_INTEGRATION, "on_blank": "keep"})
+    batches = (
+        "SELECT * FROM (VALUES ('bob@example.com', 'platinum', NULL, NULL, NULL, NULL, 'batch-1'), "
+        "('eve@example.com', 'gold', '4', 'yes', '2024-03-01', '2024-06-01T00:00:00Z', 'batch-2'), "
+        "('dee@example.com', NULL, '2', 'no', '2024-03-02', '2024-06-02T00:00:00Z', NULL)) "
+        "AS t(email, \"Plan Tier\", tickets, is_active, signup, last_login, _row_source)"
+    )
+    run = ingest.RunRecord(run_id="r5", integration="crm", kind="api", source="e.api", started_at=ingest.now_utc())
+    with open_writer(catalog) as con:
+        ingest.apply_source(con, catalog.integration("crm"), batches, run, max_rejected_ratio=0)
+    assert run.status == "success"
     rows = query(
         catalog,
         "SELECT user_id, plan, support_tickets, active, signup_date, last_login_at, "
-        "regexp_extract(_source, '[a-z]\\.csv$') FROM attributes_crm ORDER BY user_id",
+        "regexp_extract(_source, '([a-z]\\.csv|\\.api|batch-\\d)$') FROM attributes_crm ORDER BY user_id",
     )
     # No index in the lake: each apply keeps user_id unique by itself.
     assert query(catalog, "SELECT count(*) - count(DISTINCT user_id) FROM attributes_crm") == [(0,)]
@@ -440,12 +452,13 @@ def test_a_large_source_rewrites_the_table_with_the_same_result_as_a_merge(
 ) -> None:
     merged, merge_rewrites = _apply_sequence(local_landing_at(tmp_path / "merge"), monkeypatch, rewrite=False)
     rewritten, rewrites = _apply_sequence(local_landing_at(tmp_path / "rewrite"), monkeypatch, rewrite=True)
-    assert (merge_rewrites, rewrites) == (0, 4)
+    assert (merge_rewrites, rewrites) == (0, 5)
     assert rewritten == merged
     assert merged == [
         # on_blank: clear in c.csv and d.csv; the column dropped for c.csv kept its data
         ("ann@example.com", None, 7.0, False, None, None, "c.csv"),
-        ("bob@example.com", "silver", 1.0, False, date(2023, 1, 1), None, "a.csv"),
+        ("bob@example.com", "platinum", 1.0, False, date(2023, 1, 1), None, "batch-1"),  # blanks kept
         ("cy@example.com", None, 3.0, False, None, None, "d.csv"),
-        ("dee@example.com", "bronze", None, True, None, None, "c.csv"),
+        ("dee@example.com", "bronze", 2.0, False, date(2024, 3, 2), datetime(2024, 6, 2, tzinfo=timezone.utc), ".api"),
+        ("eve@example.com", "gold", 4.0, True, date(2024, 3, 1), datetime(2024, 6, 1, tzinfo=timezone.utc), "batch-2"),
     ]

@@ -236,9 +236,9 @@ def _rejections_sql(user_id_source: str) -> str:
     """
 
 
-def _written_by(source: str, applied_at: datetime) -> tuple[str, str]:
-    """SQL for the `_updated_at` and `_source` of a written row (`s` is the source row)."""
-    return f"CAST({literal(applied_at.isoformat())} AS TIMESTAMPTZ)", f"COALESCE(s._row_source, {literal(source)})"
+def _written_by(source: str, applied_at: datetime, row_source: str = "s._row_source") -> tuple[str, str]:
+    """SQL for the `_updated_at` and `_source` of a written row (`row_source`: the source row's own, if any)."""
+    return f"CAST({literal(applied_at.isoformat())} AS TIMESTAMPTZ)", f"COALESCE({row_source}, {literal(source)})"
 
 
 def _merge_sql(
@@ -328,32 +328,47 @@ def _rewrite_table(
     """Write the table's merged rows anew, outside the write transaction (see _RewrittenTable).
 
     Every user is written once: the old rows the source does not mention as they were, the
-    source's rows merged with their old values (a full outer join on the id). For a source that is
-    large next to its table this beats MERGE, whose updates the lake writes as a delete and an
-    insert per row. The slow part, reading and writing every row, holds no lock: other
-    integrations commit meanwhile. The table keeps its identity, so its history
-    (`ducklake_table_insertions`, time travel) runs on.
+    source's rows merged with their old values. For a source that is large next to its table this
+    beats MERGE, whose updates the lake writes as a delete and an insert per row. The slow part,
+    reading and writing every row, holds no lock: other integrations commit meanwhile. The table
+    keeps its identity, so its history (`ducklake_table_insertions`, time travel) runs on.
+
+    Most source rows need nothing of their old row: with `on_blank: keep`, a row without a blank
+    cell replaces every mapped value. Those are written straight from the source. Only the ids,
+    plus the values of the rows that do need their old row (`_fill`), go into the join's hash
+    table: a fraction of the whole source's, so the join stays in memory at 1 GB.
     """
     mapped = [name for _, name, _ in integration.inbound_properties]
-    keep = integration.on_blank == "keep"
     columns = table_columns(con, table)
-    stamp, row_source = _written_by(source, applied_at)
-    merged = []
+    kept = [name for name in columns if name not in mapped and name not in ("user_id", "_updated_at", "_source")]
+    if kept:  # columns of properties no longer in the catalog keep their values: every row needs its old row
+        needs_old = "true"
+    elif integration.on_blank == "keep":  # a blank cell keeps the old value
+        needs_old = " OR ".join(f"{ident(name)} IS NULL" for name in mapped) or "false"
+    else:
+        needs_old = "false"
+    fill = ", ".join([*(f"{ident(name)} := {ident(name)}" for name in mapped), "_row_source := _row_source"])
+    # A list, not a struct: a NULL list takes no room in the hash table's rows, a NULL struct does.
+    ids = f"SELECT user_id, CASE WHEN {needs_old} THEN [struct_pack({fill})] END AS _fill FROM ({valid_rows})"
+    stamp, filled_source = _written_by(source, applied_at, "s._fill[1]._row_source")
+    _, own_source = _written_by(source, applied_at, "_row_source")
+    joined, straight = [], []
     for name, data_type in columns.items():
         column = ident(name)
         if name == "user_id":
-            value = "COALESCE(s.user_id, t.user_id)"
+            old_or_new, new = "COALESCE(s.user_id, t.user_id)", "user_id"
         elif name in mapped:
-            new = f"COALESCE(s.{column}, t.{column})" if keep else f"s.{column}"
-            value = f"CASE WHEN s.user_id IS NULL THEN t.{column} ELSE {new} END"
+            merged = f"COALESCE(s._fill[1].{column}, t.{column})" if integration.on_blank == "keep" else f"s._fill[1].{column}"
+            old_or_new, new = f"CASE WHEN s.user_id IS NULL THEN t.{column} ELSE {merged} END", column
         elif name == "_updated_at":
-            value = f"CASE WHEN s.user_id IS NULL THEN t._updated_at ELSE {stamp} END"
+            old_or_new, new = f"CASE WHEN s.user_id IS NULL THEN t._updated_at ELSE {stamp} END", stamp
         elif name == "_source":
-            value = f"CASE WHEN s.user_id IS NULL THEN t._source ELSE {row_source} END"
-        else:  # a column of a property no longer in the catalog keeps its values
-            value = f"t.{column}"
+            old_or_new, new = f"CASE WHEN s.user_id IS NULL THEN t._source ELSE {filled_source} END", own_source
+        else:  # a column of a property no longer in the catalog keeps its values (needs_old is true)
+            old_or_new, new = f"t.{column}", "NULL"
         # The file's columns must have the table's names and types exactly (ducklake_add_data_files).
-        merged.append(f"CAST({value} AS {data_type}) AS {column}")
+        joined.append(f"CAST({old_or_new} AS {data_type}) AS {column}")
+        straight.append(f"CAST({new} AS {data_type}) AS {column}")
     read_files = _table_files(con, table)  # before reading the rows: a change in between fails the swap
     folder = table_data_folder(con, table)
     if "://" not in folder:
@@ -365,8 +380,10 @@ def _rewrite_table(
     con.execute("SET preserve_insertion_order = false")
     try:
         con.execute(
-            f"COPY (SELECT {', '.join(merged)} FROM {ident(table)} AS t FULL OUTER JOIN ({valid_rows}) AS s "
-            f"ON t.user_id = s.user_id) TO {literal(rewritten.file)} (FORMAT parquet)"
+            f"COPY (SELECT {', '.join(joined)} FROM {ident(table)} AS t FULL OUTER JOIN ({ids}) AS s "
+            f"ON t.user_id = s.user_id WHERE s.user_id IS NULL OR s._fill IS NOT NULL "
+            f"UNION ALL SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})) "
+            f"TO {literal(rewritten.file)} (FORMAT parquet)"
         )
     except BaseException:
         rewritten.discard()
