@@ -44,6 +44,8 @@ PREVIEW_ROWS = 5
 # the table instead of MERGE-ing into it (see _rewrite_table; measured by benchmarks/bench_csv.py).
 REWRITE_MIN_ROWS = 200_000
 REWRITE_MIN_SHARE = 4
+# A rewritten table's files hold this many row groups (of DuckDB's 122,880 rows): about 1M rows.
+REWRITE_FILE_ROW_GROUPS = 8
 
 
 @dataclass
@@ -292,29 +294,31 @@ def _table_files(con: duckdb.DuckDBPyConnection, table: str) -> set[tuple[str, s
 
 @dataclass
 class _RewrittenTable:
-    """A table's merged rows, written as a Parquet file in its data folder but not yet in the lake."""
+    """A table's merged rows, written as Parquet files in its data folder but not yet in the lake."""
 
     table: str
-    file: str
+    files: list[str]
     read_files: set[tuple[str, str | None]]  # the table's files the merged rows were read from
 
     def swap_in(self, con: duckdb.DuckDBPyConnection) -> None:
-        """(In the write transaction.) Delete the old rows and add the file: one snapshot, a short commit."""
+        """(In the write transaction.) Delete the old rows and add the files: one snapshot, a short commit."""
         if _table_files(con, self.table) != self.read_files:
             # Only this integration's runs write its table, one at a time (integration_lock), but
-            # maintenance may have merged its files: the merged file must not go in over a change.
+            # maintenance may have merged its files: the merged files must not go in over a change.
             raise WarehouseError(
                 f"{self.table} changed while it was being rewritten (another writer or the warehouse "
                 "maintenance committed meanwhile): nothing was applied; run it again"
             )
         con.execute(f"DELETE FROM {ident(self.table)}")
-        con.execute(f"CALL ducklake_add_data_files({literal(LAKE)}, {literal(self.table)}, {literal(self.file)})")
+        for file in self.files:
+            con.execute(f"CALL ducklake_add_data_files({literal(LAKE)}, {literal(self.table)}, {literal(file)})")
 
     def discard(self) -> None:
-        """Delete the file after a failed apply (a killed run's file is left to maintenance)."""
-        if "://" not in self.file:
-            with contextlib.suppress(OSError):
-                os.unlink(self.file)
+        """Delete the files after a failed apply (a killed run's files are left to maintenance)."""
+        for file in self.files:
+            if "://" not in file:
+                with contextlib.suppress(OSError):
+                    os.unlink(file)
 
 
 def _rewrite_table(
@@ -373,22 +377,22 @@ def _rewrite_table(
     folder = table_data_folder(con, table)
     if "://" not in folder:
         os.makedirs(folder, exist_ok=True)
-    # Named as DuckLake names its files, so maintenance deletes it if a killed run leaves it behind.
-    rewritten = _RewrittenTable(table, f"{folder}ducklake-{uuid.uuid4()}.parquet", read_files)
-    # Row order in the file does not matter; not keeping it lets the write stream on every thread
+    # Row order in the files does not matter; not keeping it lets the write stream on every thread
     # (apply_source resets it: staging relies on the order).
     con.execute("SET preserve_insertion_order = false")
-    try:
-        con.execute(
-            f"COPY (SELECT {', '.join(joined)} FROM {ident(table)} AS t FULL OUTER JOIN ({ids}) AS s "
-            f"ON t.user_id = s.user_id WHERE s.user_id IS NULL OR s._fill IS NOT NULL "
-            f"UNION ALL SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})) "
-            f"TO {literal(rewritten.file)} (FORMAT parquet)"
-        )
-    except BaseException:
-        rewritten.discard()
-        raise
-    return rewritten
+    # Files of REWRITE_FILE_ROW_GROUPS row groups, named as DuckLake names its own: a killed run's (or a
+    # failed COPY's) files are orphans that maintenance deletes. Several files, not one, because the
+    # next rewrite's DELETE holds each file's deleted row numbers in memory at once.
+    written = con.execute(
+        f"COPY (SELECT {', '.join(joined)} FROM {ident(table)} AS t FULL OUTER JOIN ({ids}) AS s "
+        f"ON t.user_id = s.user_id WHERE s.user_id IS NULL OR s._fill IS NOT NULL "
+        f"UNION ALL SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})) "
+        # Without its closing '/': DuckDB would join it to the file names with a second one, and
+        # DuckLake's orphan cleanup would not recognise the files as the table's.
+        f"TO {literal(folder.rstrip('/'))} (FORMAT parquet, ROW_GROUPS_PER_FILE {REWRITE_FILE_ROW_GROUPS}, "
+        "FILENAME_PATTERN 'ducklake-{uuid}', APPEND, RETURN_FILES true)"
+    ).fetchone()
+    return _RewrittenTable(table, list(written[1]), read_files)
 
 
 def _rewrites(table_rows: int, valid_rows: int) -> bool:
