@@ -418,8 +418,8 @@ def apply_source(
     valid, nothing is applied and the run is failed. `progress` gets a line per step.
 
     The source is read, cast and validated once, into a Parquet file in the temp folder.
-    A large source rewrites its table into a new file before the write transaction, which then
-    only swaps it in; a small one is MERGEd in the transaction.
+    A large source rewrites its table into new files before the write transaction, which then
+    only swaps them in; a small one is MERGEd in the transaction.
     """
     started = time.perf_counter()
 

@@ -9,7 +9,7 @@ Writers: runs of different integrations do their work (downloads, staging, valid
 same time. A SQLite catalog lets one writer commit at a time, and a DuckLake transaction whose
 metadata snapshot is older than another's commit cannot commit at all, so with SQLite the write
 transactions themselves (see `transaction`) take turns through a lock on the catalog file. They
-are short: the slow work (validation, a large source's new Parquet file) happens before. Two
+are short: the slow work (validation, a large source's new Parquet files) happens before. Two
 runs of one integration are serialized for their whole length (`integration_lock`).
 """
 
