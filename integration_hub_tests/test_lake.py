@@ -300,7 +300,7 @@ def temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _second_file_rewrites(landing: Landing, monkeypatch: pytest.MonkeyPatch, during) -> tuple[Any, list, bool]:
     """a, b on the plan free; then a second file (a gold, c pro) that rewrites the table (every source
-    of 2+ rows does here), calling `during(catalog, con, rewritten)` once the merged file is written.
+    of 2+ rows does here), calling `during(catalog, con, rewritten)` once the merged files are written.
 
     Returns the catalog, the rewrites (`_RewrittenTable`s) and whether the second run succeeded.
     """
@@ -351,7 +351,7 @@ def test_a_large_source_writes_its_rows_before_its_write_transaction(
     assert not staged_files(temp_folder)
 
 
-def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its_file(
+def test_a_rewrite_whose_table_changed_meanwhile_applies_nothing_and_deletes_its_files(
     local_landing: Landing, monkeypatch, temp_folder: Path
 ) -> None:
     def someone_writes_the_table(catalog, con, rewritten) -> None:  # what integration_lock rules out for runs
