@@ -175,6 +175,25 @@ def new_connection(memory_limit: str | None = None, temp_directory: Path | None 
     return con
 
 
+# Catalog files this process has checked and may have open through DuckDB. Once it may, it never
+# opens one again itself (a plain open() or Python's sqlite3): closing any descriptor of a file
+# drops every POSIX lock the process holds on it, DuckDB's own SQLite's included, and that SQLite
+# then reads pages another writer is changing ("database disk image is malformed").
+_CATALOGS_CHECKED: set[str] = set()
+_CATALOGS_LOCK = threading.Lock()
+
+
+def _check_catalog_once(path: Path) -> None:
+    """`_check_catalog_file` before this process first opens the catalog through DuckDB, never after."""
+    key = str(path.resolve())
+    with _CATALOGS_LOCK:
+        if key in _CATALOGS_CHECKED:
+            return
+        if path.exists():
+            _check_catalog_file(path)
+        _CATALOGS_CHECKED.add(key)
+
+
 def _check_catalog_file(path: Path) -> None:
     """A catalog file that exists must be a DuckLake catalog: say so before DuckDB writes into it."""
     with open(path, "rb") as handle:
@@ -222,13 +241,12 @@ def prepare_lake(lake: Lake) -> None:
                 f"the warehouse {what} {path} cannot be created: its folder {parent} does not exist; "
                 f"create it (mkdir -p {parent}) or change {setting} in the catalog"
             )
-    if lake.catalog_path.exists():
-        _check_catalog_file(lake.catalog_path)
-    elif not os.access(lake.catalog_path.parent, os.W_OK):
+    if not lake.catalog_path.exists() and not os.access(lake.catalog_path.parent, os.W_OK):
         raise LakeError(
             f"the warehouse catalog {lake.catalog_path} cannot be created: {lake.catalog_path.parent} is not "
             "writable; fix its permissions or change warehouse.catalog"
         )
+    _check_catalog_once(lake.catalog_path)
     try:
         lake.data_path.mkdir(exist_ok=True)
         probe = lake.data_path / f".write-test-{os.getpid()}-{threading.get_ident()}"
@@ -271,15 +289,10 @@ def open_reader(where: Catalog | Lake, timeout: float = 30.0) -> Iterator[duckdb
     if not lake.exists:
         yield None
         return
+    _check_catalog_once(lake.catalog_path)
     con = new_connection(memory_limit=os.environ.get(MEMORY_LIMIT_ENV) or READER_MEMORY_LIMIT)
     try:
-        try:
-            attach(con, lake, read_only=True)
-        except LakeError:
-            # Only now look inside the file for a better reason: a second SQLite client reading
-            # the catalog while a writer commits can see a torn page and fail a healthy lake.
-            _check_catalog_file(lake.catalog_path)
-            raise
+        attach(con, lake, read_only=True)
         yield con
     finally:
         con.close()
