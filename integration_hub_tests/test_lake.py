@@ -261,6 +261,65 @@ def test_a_reader_sees_the_last_snapshot_during_a_write_and_never_delays_it(loca
         assert analyst.execute("SELECT count(*) FROM user_profiles").fetchone()[0] == 50001
 
 
+def test_readers_of_one_process_share_a_duckdb_and_still_see_every_commit(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "catalog.sqlite", tmp_path / "lake")
+    with open_writer(lake) as con, transaction(con):
+        con.execute("CREATE TABLE t (n INTEGER)")
+        con.execute("INSERT INTO t VALUES (1)")
+    with open_reader(lake) as first:
+        assert first is not None and first.execute("SELECT n FROM t").fetchall() == [(1,)]
+        first.execute("SET VARIABLE seen_by = 'first'")  # this connection's own, not its neighbours'
+    with open_writer(lake) as con, transaction(con):  # a new table, a new column and a row since
+        con.execute("CREATE TABLE u AS SELECT 'x' AS s")
+        con.execute("ALTER TABLE t ADD COLUMN m INTEGER")
+        con.execute("INSERT INTO t VALUES (2, 3)")
+    with open_reader(lake) as second:
+        assert second is not None
+        assert second.execute("SELECT * FROM t ORDER BY n").fetchall() == [(1, None), (2, 3)]
+        assert second.execute("SELECT s FROM u").fetchall() == [("x",)]
+        assert second.execute("SELECT getvariable('seen_by')").fetchone() == (None,)
+        assert second.execute("SELECT current_setting('TimeZone')").fetchone()[0] in ("UTC", "Etc/UTC")
+
+    # Readers in threads at once, each with its own connection.
+    answers: list[Any] = []
+
+    def count() -> None:
+        with open_reader(lake) as con:
+            assert con is not None
+            answers.append(con.execute("SELECT count(*) FROM range(200000) JOIN t ON true").fetchone()[0])
+
+    threads = [threading.Thread(target=count) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [400000] * 4
+
+
+def test_a_reader_in_use_outlives_the_readers_of_other_lakes_and_a_lake_made_anew_is_read_anew(tmp_path: Path) -> None:
+    lakes = [Lake(tmp_path / f"{n}/catalog.sqlite", tmp_path / f"{n}/lake") for n in range(4)]
+    for n, lake in enumerate(lakes):
+        lake.catalog_path.parent.mkdir()
+        with open_writer(lake) as con, transaction(con):
+            con.execute(f"CREATE TABLE t AS SELECT {n} AS n")
+    with open_reader(lakes[0]) as held:
+        assert held is not None
+        for lake in lakes[1:]:  # more lakes than a process keeps: the unused ones are closed
+            with open_reader(lake) as con:
+                assert con is not None and con.execute("SELECT n FROM t").fetchone() is not None
+        assert held.execute("SELECT n FROM t").fetchall() == [(0,)]
+
+    # The same paths, another lake: what the earlier DuckDB attached is not what is read now.
+    import shutil
+
+    shutil.rmtree(lakes[0].catalog_path.parent)
+    lakes[0].catalog_path.parent.mkdir()
+    with open_writer(lakes[0]) as con, transaction(con):
+        con.execute("CREATE TABLE t AS SELECT 'made anew' AS n")
+    with open_reader(lakes[0]) as con:
+        assert con is not None and con.execute("SELECT n FROM t").fetchall() == [("made anew",)]
+
+
 def test_writes_of_two_connections_take_turns_and_both_commit(local_landing: Landing) -> None:
     catalog = local_landing.write_catalog()
     errors: list[BaseException] = []

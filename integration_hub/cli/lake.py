@@ -79,7 +79,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
         return 0
     if not args.query:
         raise CommandError('give a query, e.g. integration-hub sql "SELECT count(*) FROM user_profiles", or --attach')
-    with open_reader(catalog) as con:
+    with open_reader(catalog, private=True) as con:  # _sandbox changes settings of the whole DuckDB
         if con is None:
             raise CommandError(f"the warehouse {catalog.warehouse_catalog_path} does not exist yet: run an integration first")
         statement = _one_query(con, args.query)

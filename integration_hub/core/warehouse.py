@@ -282,20 +282,88 @@ def _lake_of(where: Catalog | Lake) -> Lake:
     return where if isinstance(where, Lake) else Lake.of(where)
 
 
+@dataclass
+class _SharedReader:
+    """A read-only DuckDB with the lake attached, shared by this process's readers of that lake."""
+
+    base: duckdb.DuckDBPyConnection
+    users: int = 0
+
+
+# Opening a DuckDB costs ~0.3 s of CPU, mostly checking the signatures of the ducklake and sqlite
+# extensions (100 MB), so a process keeps one reader DuckDB per lake (the last few) and hands out a
+# connection to it (`cursor`) per open_reader. Each statement still sees the lake's last commit.
+_READERS: dict[tuple[Any, ...], _SharedReader] = {}
+_READERS_LOCK = threading.Lock()
+SHARED_READERS = 2  # lakes whose reader DuckDB a process keeps when nobody uses them
+
+
+def _reader_key(lake: Lake, memory_limit: str) -> tuple[Any, ...]:
+    # The catalog file's identity, not only its path: a lake made anew at the same path (another
+    # file, perhaps with the inode number of the one removed) gets a new DuckDB. The change time
+    # moves only when SQLite checkpoints its WAL into the file, now and then. The pid: a forked
+    # child must not use its parent's DuckDB.
+    stat = lake.catalog_path.stat()
+    identity = (stat.st_dev, stat.st_ino, stat.st_ctime_ns)
+    return (os.getpid(), str(lake.catalog_path), lake.data_url, *identity, memory_limit)
+
+
+def _new_reader(lake: Lake, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    _check_catalog_once(lake.catalog_path)
+    con = new_connection(memory_limit=memory_limit)
+    try:
+        attach(con, lake, read_only=True)
+    except LakeError:
+        con.close()
+        raise
+    return con
+
+
 @contextmanager
-def open_reader(where: Catalog | Lake, timeout: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection | None]:
-    """A read-only connection to the lake (each statement sees the last commit), or None before the first run."""
+def open_reader(
+    where: Catalog | Lake, timeout: float = 30.0, private: bool = False
+) -> Iterator[duckdb.DuckDBPyConnection | None]:
+    """A read-only connection to the lake (each statement sees the last commit), or None before the first run.
+
+    `private`: a DuckDB of its own, for a caller that changes settings of the whole DuckDB (such
+    as `enable_external_access`), which a shared one must not.
+    """
     lake = _lake_of(where)
     if not lake.exists:
         yield None
         return
-    _check_catalog_once(lake.catalog_path)
-    con = new_connection(memory_limit=os.environ.get(MEMORY_LIMIT_ENV) or READER_MEMORY_LIMIT)
+    memory_limit = os.environ.get(MEMORY_LIMIT_ENV) or READER_MEMORY_LIMIT
+    if private:
+        own = _new_reader(lake, memory_limit)
+        try:
+            yield own
+        finally:
+            own.close()
+        return
     try:
-        attach(con, lake, read_only=True)
+        key = _reader_key(lake, memory_limit)
+    except FileNotFoundError:  # removed since: no lake
+        yield None
+        return
+    with _READERS_LOCK:
+        shared = _READERS.pop(key, None) or _SharedReader(_new_reader(lake, memory_limit))
+        _READERS[key] = shared  # now the most recently used
+        shared.users += 1
+        # Close the least recently used ones nobody is reading from (closing a DuckDB closes its
+        # connections); one in use stays until a later open finds it free.
+        for other_key, other in list(_READERS.items())[:-SHARED_READERS]:
+            if other.users == 0:
+                del _READERS[other_key]
+                other.base.close()
+        con = shared.base.cursor()
+    try:
+        con.execute(f"USE {LAKE}")
+        con.execute("SET TimeZone = 'UTC'")
         yield con
     finally:
         con.close()
+        with _READERS_LOCK:
+            shared.users -= 1
 
 
 _WRITE_LOCKS: dict[int, Path] = {}  # id(connection) -> the lake's write lock file
