@@ -295,7 +295,8 @@ def test_a_large_body_of_unknown_keys_costs_little_and_does_not_stall_others(
         "message": "and 70 more unknown properties (not in the mapping of integration 'web')",
     }
     assert cpu < 1.5 and elapsed < 5, (cpu, elapsed)  # 5.7 s of CPU before the work was bounded
-    assert latencies and max(latencies) < baseline + 0.5, (baseline, latencies)
+    # Unbounded, the request held the server for seconds; 1 s leaves room for a loaded 2-core machine.
+    assert latencies and max(latencies) < baseline + 1.0, (baseline, latencies)
 
 
 # ---------------------------------------------------------------------------- slow and oversized clients
