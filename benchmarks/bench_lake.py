@@ -1032,7 +1032,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-users", type=int, default=None,
                         help="distinct users of parts 3-4 (default 1.25 x --users: 10,000,000)")
     parser.add_argument("--parts", default="2,3,4", help="comma-separated subset of 2,3,4 (default all)")
-    parser.add_argument("--repeat", type=int, default=1, help="part 2: applies A and B this many times each, the best counts")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="part 2: applies A and B this many times each, the best counts (default 2)"
+    )
     parser.add_argument("--poll-interval", type=float, default=0.5, help="part 2a: seconds between the analyst's queries")
     parser.add_argument("--analyst-interval", type=float, default=3.0, help="part 2b: seconds between the held reader's queries")
     parser.add_argument("--sensor-interval", type=float, default=10.0,
