@@ -150,6 +150,15 @@ def failure_reason(result: dg.ExecuteInProcessResult) -> str:
     return failure.step_failure_data.error.message
 
 
+def step_error_text(result: dg.ExecuteInProcessResult) -> str:
+    """The messages of the failed step's error and of every error it wraps (Dagster wraps the op's)."""
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    error, message = failure.step_failure_data.error, ""
+    while error is not None:
+        message, error = message + error.message, error.cause
+    return message
+
+
 def query(catalog: Catalog, sql: str, params: list[Any] | None = None) -> list[tuple]:
     with open_reader(catalog) as con:
         assert con is not None, "the warehouse was never created"

@@ -35,7 +35,15 @@ from integration_hub.core.warehouse import (
     transaction,
 )
 from integration_hub_tests.api_support import WEB_INTEGRATION, apply_batches
-from integration_hub_tests.support import CRM_INTEGRATION, Landing, local_landing_at, query, run_job, runs_of
+from integration_hub_tests.support import (
+    CRM_INTEGRATION,
+    Landing,
+    local_landing_at,
+    query,
+    run_job,
+    runs_of,
+    step_error_text,
+)
 
 HEADER = "email,Plan Tier,tickets,is_active,signup,last_login\n"
 BIG_ROWS = 300_000
@@ -345,10 +353,7 @@ def test_running_out_of_duckdb_memory_says_how_to_fix_it_and_changes_nothing(
     monkeypatch.setenv("INTEGRATION_HUB_DUCKDB_MEMORY", "16MB")
     result = run_job_allowing_failure(catalog)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    error, message = failure.event_specific_data.error, ""
-    while error is not None:  # Dagster wraps the op's exception
-        message, error = message + error.message, error.cause
+    message = step_error_text(result)
     # 16 MB does not even open the lake: the run says so before touching the file.
     assert "DuckDB needed more than its memory_limit of" in message and "to open the warehouse" in message
     assert "set $INTEGRATION_HUB_DUCKDB_MEMORY higher (e.g. 4GB)" in message

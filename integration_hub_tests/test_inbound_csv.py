@@ -11,7 +11,7 @@ import pytest
 from integration_hub.core.landing import landing_store
 from integration_hub.core.warehouse import ensure_schema, open_writer
 from integration_hub.inbound_csv import processing
-from integration_hub_tests.support import CRM_INTEGRATION, Landing, query, run_job, runs_of
+from integration_hub_tests.support import CRM_INTEGRATION, Landing, query, run_job, runs_of, step_error_text
 
 HEADER = "email,Plan Tier,tickets,is_active,signup,last_login,ignored\n"
 
@@ -155,6 +155,31 @@ def test_a_moved_file_never_overwrites_an_earlier_one(landing: Landing) -> None:
     assert len(success) == 2 and "success/users.csv" in success
     assert "gold" in landing.read("crm/success/users.csv")  # the first one is intact
     assert query(catalog, "SELECT plan FROM attributes_crm") == [("silver",)]
+
+
+def test_a_failed_move_fails_the_run_and_the_next_run_moves_the_applied_files(local_landing: Landing) -> None:
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/1.csv", crm_file("ann@example.com,gold,1,yes,2024-01-01,,"))
+    local_landing.put("crm/2.csv", crm_file("bob@example.com,free,2,no,2024-01-01,,"))
+    blocker = local_landing.root / "landing" / "crm" / "success"
+    blocker.write_text("a file where the success/ folder goes")  # every move fails
+    result = run_job(catalog, "crm")
+    assert not result.success
+    assert f"cannot move {local_landing.root}/landing/crm/1.csv to {blocker}/ (File exists): it stays pending" in (
+        step_error_text(result)
+    )
+    # Both files were applied (each commits before its move) and both stay pending.
+    assert query(catalog, "SELECT user_id, plan FROM attributes_crm ORDER BY 1") == [
+        ("ann@example.com", "gold"), ("bob@example.com", "free")
+    ]
+    assert sorted(local_landing.keys()) == ["1.csv", "2.csv", "success"]
+    assert query(catalog, "SELECT key, moved_to FROM processed_files ORDER BY 1") == [("crm/1.csv", None), ("crm/2.csv", None)]
+    blocker.unlink()
+    assert run_job(catalog, "crm").success
+    assert sorted(local_landing.keys()) == ["success/1.csv", "success/2.csv"]
+    assert [r["status"] for r in runs_of(catalog)] == ["success", "success", "skipped", "skipped"]
+    moved = query(catalog, "SELECT key, status, moved_to FROM processed_files WHERE moved_to IS NOT NULL ORDER BY 1")
+    assert moved == [("crm/1.csv", "skipped", "crm/success/1.csv"), ("crm/2.csv", "skipped", "crm/success/2.csv")]
 
 
 def test_processed_and_foreign_files_are_not_picked_up(landing: Landing) -> None:

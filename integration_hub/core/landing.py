@@ -154,8 +154,14 @@ class LocalLandingStore:
 
     def move(self, file: LandingFile, subfolder: str) -> str:
         target = _destination(self, file, subfolder)
-        self._path(target).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._path(file.key), self._path(target))
+        try:
+            self._path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._path(file.key), self._path(target))
+        except OSError as exc:
+            raise LandingError(
+                f"cannot move {self._path(file.key)} to {self._path(target).parent}/ ({exc.strerror}): it stays "
+                f"pending; make {self._path(target).parent} a folder this process can write, and the next run moves it"
+            ) from None
         return target
 
     def write_text(self, key: str, text: str) -> None:

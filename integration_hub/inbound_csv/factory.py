@@ -19,7 +19,7 @@ from ..core.assets import (
 from ..core.catalog import Catalog, CsvIntegration, S3Connection
 from ..core.landing import landing_store
 from ..core.warehouse import WarehouseResource, ensure_schema
-from .processing import process_file
+from .processing import FileMoves, process_file
 
 
 class LandedFilesConfig(dg.Config):
@@ -70,15 +70,17 @@ def build_csv_integration(catalog: Catalog, integration: CsvIntegration) -> dg.D
         runs = []
         with warehouse.get_connection() as con:
             ensure_schema(con, catalog)
-            for number, file in enumerate(pending, start=1):
-                context.log.info(f"[{number}/{len(pending)}] {file.key} ({file.size:,} bytes)")
-                run = process_file(con, store, integration, file, context.run_id, progress=context.log.info)
-                if run is not None:
-                    for warning in run.details.get("warnings", []):
-                        context.log.warning(f"{run.source}: {warning}")
-                    context.log.info(run.summary())
-                    runs.append(run)
-            return attributes_result(context, con, integration, runs)
+            # A file's move to success/ or failed/ overlaps the next file and the checks.
+            with FileMoves(con, store) as moves:
+                for number, file in enumerate(pending, start=1):
+                    context.log.info(f"[{number}/{len(pending)}] {file.key} ({file.size:,} bytes)")
+                    run = process_file(con, store, integration, file, context.run_id, context.log.info, moves)
+                    if run is not None:
+                        for warning in run.details.get("warnings", []):
+                            context.log.warning(f"{run.source}: {warning}")
+                        context.log.info(run.summary())
+                        runs.append(run)
+                return attributes_result(context, con, integration, runs)
 
     job = integration_job(
         integration, [table_key, USER_PROFILES_KEY], f"Process the pending CSV files of {name} and refresh user_profiles."

@@ -3,7 +3,8 @@
 The database commit comes first and the move second: if the process dies in between, the
 file is still pending, and processing it again finds its sha256 already applied, records it
 as skipped and moves it. A failed file is moved to failed/ with a `<name>.errors.csv`
-beside it that explains why.
+beside it that explains why. Moves run on a thread of their own (`FileMoves`), so a large
+file's copy overlaps the next file and the run's checks; the run ends when they are done.
 """
 
 from __future__ import annotations
@@ -88,21 +89,66 @@ def _errors_csv(con: duckdb.DuckDBPyConnection, run: RunRecord, work_dir: Path) 
     return None
 
 
-def _finish(
-    con: duckdb.DuckDBPyConnection, store: LandingStore, file: LandingFile, run: RunRecord, work_dir: Path
-) -> str:
-    """Move the file out of the pending folder and put the errors file beside it."""
-    subfolder = "failed" if run.status == "failed" else "success"
-    moved_to = store.move(file, subfolder)
+def _errors_text(con: duckdb.DuckDBPyConnection, run: RunRecord, work_dir: Path) -> str | None:
     errors = _errors_csv(con, run, work_dir)
-    if errors is not None:
-        errors_key = posixpath.join(posixpath.dirname(moved_to), f"{stem(posixpath.basename(moved_to))}.errors.csv")
-        store.write_text(errors_key, errors.read_text(encoding="utf-8"))
-    with transaction(con):
-        con.execute(
-            "UPDATE processed_files SET moved_to = ? WHERE run_id = ? AND key = ?", [moved_to, run.run_id, file.key]
-        )
-    return moved_to
+    return None if errors is None else errors.read_text(encoding="utf-8")
+
+
+class FileMoves:
+    """Moves processed files out of the pending folder on a thread of its own, in order, then
+    records where each went (`processed_files.moved_to`) in one transaction.
+
+    A large file's move (a server-side copy on S3) then overlaps the next file's work and the
+    run's checks. Leaving the block waits for every move; the first failed move is raised.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, store: LandingStore) -> None:
+        self._con = con
+        self._store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integration-hub-move")
+        self._moves: list[tuple[RunRecord, LandingFile, Future[str]]] = []
+
+    def submit(self, file: LandingFile, run: RunRecord, errors_text: str | None) -> None:
+        self._moves.append((run, file, self._pool.submit(self._move, file, run, errors_text)))
+
+    def _move(self, file: LandingFile, run: RunRecord, errors_text: str | None) -> str:
+        moved_to = self._store.move(file, "failed" if run.status == "failed" else "success")
+        if errors_text is not None:
+            errors_key = posixpath.join(posixpath.dirname(moved_to), f"{stem(posixpath.basename(moved_to))}.errors.csv")
+            self._store.write_text(errors_key, errors_text)
+        return moved_to
+
+    def __enter__(self) -> FileMoves:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is None:
+                self.wait()
+                return
+            try:  # already failing: record what moved, and keep that error the one raised
+                self.wait()
+            except Exception:
+                log.exception("while finishing the moves of a failed run")
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def wait(self) -> None:
+        """Wait for the moves submitted so far and record them; raise the first that failed."""
+        moves, self._moves = self._moves, []
+        failed: Exception | None = None
+        moved = []
+        for run, file, future in moves:
+            try:
+                run.details["moved_to"] = future.result()
+                moved.append([run.details["moved_to"], run.run_id, file.key])
+            except Exception as exc:  # the file stays pending: the next run finds it applied and moves it
+                failed = failed or exc
+        if moved:
+            with transaction(self._con):
+                self._con.executemany("UPDATE processed_files SET moved_to = ? WHERE run_id = ? AND key = ?", moved)
+        if failed is not None:
+            raise failed
 
 
 def _fail(con: duckdb.DuckDBPyConnection, run: RunRecord, file: LandingFile, message: str, sha256: str | None) -> None:
@@ -118,12 +164,18 @@ def process_file(
     file: LandingFile,
     dagster_run_id: str | None = None,
     progress: Progress | None = None,
+    moves: FileMoves | None = None,
 ) -> RunRecord | None:
     """Validate and apply one landed file; None if it vanished (another run took it).
+
+    The file is moved to success/ or failed/ through `moves`, or before returning without it.
 
     `progress` gets a line per step (download, validation, apply, commit) of a file of at least
     PROGRESS_MIN_BYTES; smaller files take a second or less and get their one-line summary.
     """
+    if moves is None:
+        with FileMoves(con, store) as own:
+            return process_file(con, store, integration, file, dagster_run_id, progress, own)
     if file.size < PROGRESS_MIN_BYTES:
         progress = None
     ensure_bookkeeping(con)
@@ -147,11 +199,11 @@ def process_file(
                 "(max_file_bytes): split it into smaller files or raise max_file_bytes",
                 None,
             )
-            run.details["moved_to"] = _finish(con, store, file, run, work_dir)
+            moves.submit(file, run, _errors_text(con, run, work_dir))
             return run
         if file.size == 0:
             _fail(con, run, file, f"{run.source} is empty (0 bytes): export it again with a header row and data rows", None)
-            run.details["moved_to"] = _finish(con, store, file, run, work_dir)
+            moves.submit(file, run, _errors_text(con, run, work_dir))
             return run
         fetch_started = time.perf_counter()
         try:
@@ -166,7 +218,7 @@ def process_file(
             # Hashing (and checking a gzip stream) overlaps DuckDB's work; it is needed only before the commit.
             digest: Future[FileDigest] = pool.submit(digest_file, path, file.name.lower().endswith(".gz"))
             run = _apply_file(con, integration, file, path, work_dir, run, digest, progress)
-        run.details["moved_to"] = _finish(con, store, file, run, work_dir)
+        moves.submit(file, run, _errors_text(con, run, work_dir))
     return run
 
 
