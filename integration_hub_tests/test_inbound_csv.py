@@ -168,6 +168,7 @@ def test_a_failed_move_fails_the_run_and_the_next_run_moves_the_applied_files(lo
     assert f"cannot move {local_landing.root}/landing/crm/1.csv to {blocker}/ (File exists): it stays pending" in (
         step_error_text(result)
     )
+    assert "(not moved either, and also pending: crm/2.csv)" in step_error_text(result)
     # Both files were applied (each commits before its move) and both stay pending.
     assert query(catalog, "SELECT user_id, plan FROM attributes_crm ORDER BY 1") == [
         ("ann@example.com", "gold"), ("bob@example.com", "free")

@@ -22,7 +22,7 @@ import duckdb
 
 from ..core.catalog import CsvIntegration
 from ..core.ingest import Progress, RunRecord, apply_source, new_run_id, now_utc, record_failure, record_run
-from ..core.landing import LandingFile, LandingStore, stem
+from ..core.landing import LandingError, LandingFile, LandingStore, stem
 from ..core.sql import literal
 from ..core.warehouse import ensure_bookkeeping, transaction
 from .content import FileDigest, digest_file, explain_gzip
@@ -136,19 +136,22 @@ class FileMoves:
     def wait(self) -> None:
         """Wait for the moves submitted so far and record them; raise the first that failed."""
         moves, self._moves = self._moves, []
-        failed: Exception | None = None
+        failed: list[tuple[str, Exception]] = []
         moved = []
         for run, file, future in moves:
             try:
                 run.details["moved_to"] = future.result()
                 moved.append([run.details["moved_to"], run.run_id, file.key])
             except Exception as exc:  # the file stays pending: the next run finds it applied and moves it
-                failed = failed or exc
+                failed.append((file.key, exc))
         if moved:
             with transaction(self._con):
                 self._con.executemany("UPDATE processed_files SET moved_to = ? WHERE run_id = ? AND key = ?", moved)
-        if failed is not None:
-            raise failed
+        if len(failed) == 1:
+            raise failed[0][1]
+        if failed:
+            others = ", ".join(key for key, _ in failed[1:])
+            raise LandingError(f"{failed[0][1]} (not moved either, and also pending: {others})") from None
 
 
 def _fail(con: duckdb.DuckDBPyConnection, run: RunRecord, file: LandingFile, message: str, sha256: str | None) -> None:
