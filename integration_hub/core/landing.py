@@ -154,13 +154,14 @@ class LocalLandingStore:
 
     def move(self, file: LandingFile, subfolder: str) -> str:
         target = _destination(self, file, subfolder)
+        source, destination = self._path(file.key), self._path(target)
         try:
-            self._path(target).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._path(file.key), self._path(target))
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, destination)
         except OSError as exc:
             raise LandingError(
-                f"cannot move {self._path(file.key)} to {self._path(target).parent}/ ({exc.strerror}): it stays "
-                f"pending; make {self._path(target).parent} a folder this process can write, and the next run moves it"
+                f"cannot move {source} to {destination.parent}/ ({exc.strerror}): it stays pending; "
+                f"make {destination.parent} a folder this process can write, and the next run moves it"
             ) from None
         return target
 

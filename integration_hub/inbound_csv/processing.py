@@ -66,32 +66,22 @@ def _applied_before(con: duckdb.DuckDBPyConnection, integration: str, sha256: st
     return row[0] if row else None
 
 
-def _errors_csv(con: duckdb.DuckDBPyConnection, run: RunRecord, work_dir: Path) -> Path | None:
-    """The rejected rows of a run (or the file-level reason) as a CSV file."""
-    target = work_dir / "errors.csv"
+def _errors_csv(con: duckdb.DuckDBPyConnection, run: RunRecord, work_dir: Path) -> str | None:
+    """The rejected rows of a run (or the file-level reason) as CSV text; None if all went well."""
+    reason = io.StringIO()
+    csv.writer(reason, lineterminator="\n").writerow(["", "", "", "", run.message])
     if run.rows_rejected:
+        target = work_dir / "errors.csv"
         con.execute(
             f"COPY (SELECT row_number, user_id, column_name, value, reason FROM rejected_rows "
             f"WHERE run_id = {literal(run.run_id)} ORDER BY row_number, column_name) "
             f"TO {literal(str(target))} (HEADER, DELIMITER ',')"
         )
-        if run.status == "failed" and run.message:
-            with open(target, "a", newline="", encoding="utf-8") as handle:
-                csv.writer(handle).writerow(["", "", "", "", run.message])
-        return target
+        rows = target.read_text(encoding="utf-8")
+        return rows + reason.getvalue() if run.status == "failed" and run.message else rows
     if run.status == "failed":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(ERROR_COLUMNS)
-        writer.writerow(["", "", "", "", run.message])
-        target.write_text(buffer.getvalue(), encoding="utf-8")
-        return target
+        return ",".join(ERROR_COLUMNS) + "\n" + reason.getvalue()
     return None
-
-
-def _errors_text(con: duckdb.DuckDBPyConnection, run: RunRecord, work_dir: Path) -> str | None:
-    errors = _errors_csv(con, run, work_dir)
-    return None if errors is None else errors.read_text(encoding="utf-8")
 
 
 class FileMoves:
@@ -99,7 +89,8 @@ class FileMoves:
     records where each went (`processed_files.moved_to`) in one transaction.
 
     A large file's move (a server-side copy on S3) then overlaps the next file's work and the
-    run's checks. Leaving the block waits for every move; the first failed move is raised.
+    run's checks. Leaving the block waits for every move and raises a failed one, naming the
+    other files a failure left pending.
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, store: LandingStore) -> None:
@@ -123,22 +114,20 @@ class FileMoves:
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         try:
+            self._record()
+        except Exception:
             if exc is None:
-                self.wait()
-                return
-            try:  # already failing: record what moved, and keep that error the one raised
-                self.wait()
-            except Exception:
-                log.exception("while finishing the moves of a failed run")
+                raise
+            # Already failing: what moved is recorded, and the run's own error stays the one raised.
+            log.exception("while finishing the moves of a failed run")
         finally:
             self._pool.shutdown(wait=True)
 
-    def wait(self) -> None:
-        """Wait for the moves submitted so far and record them; raise the first that failed."""
-        moves, self._moves = self._moves, []
+    def _record(self) -> None:
+        """Wait for every move and record those done; raise the failure, naming every file left pending."""
         failed: list[tuple[str, Exception]] = []
         moved = []
-        for run, file, future in moves:
+        for run, file, future in self._moves:
             try:
                 run.details["moved_to"] = future.result()
                 moved.append([run.details["moved_to"], run.run_id, file.key])
@@ -202,11 +191,11 @@ def process_file(
                 "(max_file_bytes): split it into smaller files or raise max_file_bytes",
                 None,
             )
-            moves.submit(file, run, _errors_text(con, run, work_dir))
+            moves.submit(file, run, _errors_csv(con, run, work_dir))
             return run
         if file.size == 0:
             _fail(con, run, file, f"{run.source} is empty (0 bytes): export it again with a header row and data rows", None)
-            moves.submit(file, run, _errors_text(con, run, work_dir))
+            moves.submit(file, run, _errors_csv(con, run, work_dir))
             return run
         fetch_started = time.perf_counter()
         try:
@@ -221,7 +210,7 @@ def process_file(
             # Hashing (and checking a gzip stream) overlaps DuckDB's work; it is needed only before the commit.
             digest: Future[FileDigest] = pool.submit(digest_file, path, file.name.lower().endswith(".gz"))
             run = _apply_file(con, integration, file, path, work_dir, run, digest, progress)
-        moves.submit(file, run, _errors_text(con, run, work_dir))
+        moves.submit(file, run, _errors_csv(con, run, work_dir))
     return run
 
 
