@@ -6,6 +6,7 @@ import argparse
 import csv
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import duckdb
 from ..core.catalog import Catalog
 from ..core.history import attribute_history
 from ..core.sql import literal
-from ..core.warehouse import Lake, open_reader
+from ..core.warehouse import Lake, open_reader, without_password
 from .management import catalog_from, find_integration
 from .output import CommandError, print_json, print_table
 
@@ -33,16 +34,32 @@ def _shown(path: Path) -> str:
 
 
 def attach_statements(lake: Lake) -> list[str]:
-    """SQL that opens the lake read-only from the DuckDB CLI, Python, a notebook or a BI tool."""
-    shown = Lake(Path(_shown(lake.catalog_path)), lake.data_path, lake.retention_days)
-    return [
-        "INSTALL ducklake;",
-        "INSTALL sqlite;",
-        "LOAD ducklake;",
-        "LOAD sqlite;",
-        shown.attach_sql(read_only=True, with_data_path=False) + ";",  # the catalog knows its data path
+    """SQL that opens the lake read-only from the DuckDB CLI, Python, a notebook or a BI tool.
+
+    No secret is printed: a PostgreSQL catalog's password comes from PGPASSWORD (or ~/.pgpass),
+    S3 keys from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, both read by DuckDB itself.
+    """
+    if lake.catalog_path is not None:
+        lake = replace(lake, catalog_path=Path(_shown(lake.catalog_path)))
+    extensions = ["ducklake", "postgres" if lake.on_postgres else "sqlite"] + (["httpfs"] if lake.s3 else [])
+    statements: list[str] = []
+    if lake.on_postgres or lake.s3:
+        needs = (["PGPASSWORD (or ~/.pgpass) for the catalog's password"] if lake.on_postgres else []) + (
+            ["AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the data's keys"] if lake.s3 else []
+        )
+        statements.append(f"-- set {' and '.join(needs)} in the environment first")
+    statements += [f"INSTALL {name};" for name in extensions] + [f"LOAD {name};" for name in extensions]
+    if lake.s3 is not None:
+        settings = {"s3_region": lake.s3.region, "s3_endpoint": lake.s3.endpoint}
+        statements += [f"SET {name} = {literal(value)};" for name, value in settings.items() if value]
+        if lake.s3.endpoint:
+            statements += ["SET s3_url_style = 'path';", f"SET s3_use_ssl = {'true' if lake.s3.use_ssl else 'false'};"]
+    public = replace(lake, postgres_dsn=without_password(lake.postgres_dsn)) if lake.on_postgres else lake
+    statements += [
+        public.attach_sql(read_only=True, with_data_path=False) + ";",  # the catalog knows its data path
         "USE lake;",
     ]
+    return statements
 
 
 def _one_query(con: duckdb.DuckDBPyConnection, query: str) -> duckdb.Statement:
@@ -81,7 +98,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
         raise CommandError('give a query, e.g. integration-hub sql "SELECT count(*) FROM user_profiles", or --attach')
     with open_reader(catalog, private=True) as con:  # _sandbox changes settings of the whole DuckDB
         if con is None:
-            raise CommandError(f"the warehouse {catalog.warehouse_catalog_path} does not exist yet: run an integration first")
+            raise CommandError(f"the warehouse {catalog.warehouse_shown} does not exist yet: run an integration first")
         statement = _one_query(con, args.query)
         _sandbox(con, lake)
         try:
@@ -119,7 +136,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise CommandError(f"{integration.name} is not an inbound integration: only inbound attributes have a history")
     with open_reader(catalog) as con:
         if con is None:
-            raise CommandError(f"the warehouse {catalog.warehouse_catalog_path} does not exist yet: run an integration first")
+            raise CommandError(f"the warehouse {catalog.warehouse_shown} does not exist yet: run an integration first")
         changes = attribute_history(con, catalog, args.user_id, integration)  # type: ignore[arg-type]
     if args.json:
         print_json([c.as_dict() for c in changes])

@@ -27,12 +27,15 @@ EXTENSIONS = (
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from ..core.placement import state_locations
     from .hooks import hook
     from .management import catalog_from, find_integration
 
     catalog = catalog_from(args)
     integrations = [find_integration(catalog, args.name)] if args.name else catalog.integrations
-    disabled = set() if args.name else _disabled(catalog)
+    disabled, storage = (set(), None) if args.name else _instance_facts(catalog)
+    # Where state lives (the whole deployment's, so not for one integration's check).
+    state = [] if args.name else [s.as_dict() for s in state_locations(catalog, storage)]
     results: list[dict] = []
     for integration in integrations:
         if integration.name in disabled:
@@ -44,7 +47,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if check is None:
             continue
         results += [{**o.__dict__, "skipped": False} for o in check(catalog, integration)]
-    ok = all(r["ok"] is not False for r in results)  # a skipped (disabled) integration does not fail it
+    # A skipped (disabled) integration does not fail it.
+    ok = all(r["ok"] is not False for r in results) and not any(s["problem"] for s in state)
     if args.json:
         print_json(
             {
@@ -54,6 +58,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                     "integrations": len(catalog.integrations),
                     "reports": len(catalog.reports),
                 },
+                "state": state,
                 "checks": results,
             }
         )
@@ -62,18 +67,25 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"catalog ok: {len(catalog.connections)} connections, {len(catalog.integrations)} integrations, "
         f"{len(catalog.reports)} reports"
     )
+    for place in state:
+        label = "FAIL" if place["problem"] else "ok  "
+        where = "shared" if place["shared"] else "this machine"
+        print(f"{label} state {place['state']}: {one_line(place['problem'] or place['location'])} ({where})")
     for result in results:
         label = "skip" if result["skipped"] else "ok  " if result["ok"] else "FAIL"
         print(f"{label} {result['name']}: {one_line(result['message'])}")
     return 0 if ok else 1
 
 
-def _disabled(catalog) -> set[str]:
-    """Integrations switched off (in the UI, by `disable`, or by the catalog's `enabled: false`)."""
+def _instance_facts(catalog) -> tuple[set[str], tuple[str, bool]]:
+    """The integrations switched off (in the UI, by `disable`, or by the catalog's `enabled: false`),
+    and how the Dagster instance stores its state."""
+    from ..core.placement import dagster_storage
     from ..core.state import dagster_instance, is_enabled
 
     with dagster_instance(catalog) as instance:
-        return {i.name for i in catalog.integrations if not is_enabled(instance, i)}
+        disabled = {i.name for i in catalog.integrations if not is_enabled(instance, i)}
+        return disabled, dagster_storage(instance)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 0
     rows = sum(c.rows for c in copies)
     print(
-        f"migrated {len(copies)} tables ({rows:,} rows) into the lake {catalog.warehouse_catalog_path}; "
+        f"migrated {len(copies)} tables ({rows:,} rows) into the lake {catalog.warehouse_shown}; "
         f"{old} was not changed: keep it until you trust the lake"
     )
     return 0

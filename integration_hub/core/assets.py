@@ -212,10 +212,12 @@ def build_user_profiles(catalog: Catalog) -> dg.AssetsDefinition:
 
 
 def warehouse_resource(catalog: Catalog) -> WarehouseResource:
+    settings = catalog.warehouse
     return WarehouseResource(
-        database=str(catalog.warehouse_catalog_path),
-        data_path=str(catalog.warehouse_data_path),
-        retention_days=catalog.warehouse.snapshot_retention_days,
+        database=catalog.warehouse_shown,
+        data_path=settings.data_path if settings.data_on_s3 else str(catalog.warehouse_data_path),
+        retention_days=settings.snapshot_retention_days,
+        catalog_file=catalog.source_file,
     )
 
 

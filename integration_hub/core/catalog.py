@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -398,14 +399,28 @@ class Alerts(_Model):
         raise KeyError(f"no alert destination named {name!r} in the catalog (known: {known})")
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def masked_url(url: str) -> str:
+    """A URL with any password replaced by ***, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
 class WarehouseSettings(_Model):
     """The attribute store, a DuckLake: a catalog database (metadata and snapshots) + Parquet data.
 
     Embedded default: a SQLite file and a local folder, made on first use.
     """
 
-    catalog: str = "data/catalog.sqlite"
-    data_path: str = "data/lake/"
+    catalog: str = "data/catalog.sqlite"  # a SQLite file, or postgresql://user@host:port/dbname
+    data_path: str = "data/lake/"  # a local folder, or s3://bucket/prefix/ (with data_connection)
+    data_connection: str | None = None  # the s3 connection whose endpoint and credentials reach data_path
     snapshot_retention_days: int = Field(default=30, ge=1, le=3650)
     maintenance_schedule: str = "0 3 * * *"  # the warehouse_maintenance job, cron, UTC
 
@@ -415,6 +430,15 @@ class WarehouseSettings(_Model):
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @property
+    def on_postgres(self) -> bool:
+        """The catalog is a PostgreSQL database (scale-out) rather than a SQLite file."""
+        return self.catalog.startswith(POSTGRES_SCHEMES)
+
+    @property
+    def data_on_s3(self) -> bool:
+        return self.data_path.startswith("s3://")
 
 
 class Catalog(_Model):
@@ -432,6 +456,8 @@ class Catalog(_Model):
     # The environment variables the file names as ${VAR} (set by the loader): their values are
     # masked wherever the hub repeats text that may contain them (alerts).
     env_variables: tuple[str, ...] = Field(default=(), exclude=True)
+    # The catalog file this was read from (set by the loader); empty when parsed from a document.
+    source_file: str = Field(default="", exclude=True)
 
     # -- lookups -----------------------------------------------------------------
     def connection(self, name: str) -> Connection:
@@ -473,17 +499,27 @@ class Catalog(_Model):
 
     @property
     def warehouse_catalog_path(self) -> Path:
-        """The DuckLake's catalog database (embedded: a SQLite file)."""
+        """The DuckLake's SQLite catalog file (the embedded default; see `warehouse_shown` for any kind)."""
         return self.resolve_path(self.warehouse.catalog)
 
     @property
     def warehouse_data_path(self) -> Path:
-        """Where the DuckLake's Parquet files live (embedded: a local folder)."""
+        """Where the DuckLake's Parquet files live when that is a local folder (the embedded default)."""
         return self.resolve_path(self.warehouse.data_path)
 
     @property
+    def warehouse_shown(self) -> str:
+        """The warehouse catalog as messages name it: the file, or the PostgreSQL URL without its password."""
+        if self.warehouse.on_postgres:
+            return masked_url(self.warehouse.catalog)
+        return str(self.warehouse_catalog_path)
+
+    @property
     def state_dir(self) -> Path:
-        """The folder of the warehouse catalog: local state that belongs with it (credentials)."""
+        """Local state that belongs with the warehouse (credentials): the SQLite catalog's folder,
+        or data/ beside the catalog file when the warehouse catalog is PostgreSQL."""
+        if self.warehouse.on_postgres:
+            return self.resolve_path("data")
         return self.warehouse_catalog_path.parent
 
     @property
@@ -626,6 +662,8 @@ def parse_catalog(raw: Any, base_dir: str | os.PathLike[str] = ".", path: Path |
     ]
     if problems:
         raise CatalogError(problems, path)
+    if path is not None:
+        catalog = catalog.model_copy(update={"source_file": str(Path(path).resolve())})
     return catalog
 
 
@@ -773,6 +811,47 @@ def _folder_identity(catalog: Catalog, connection: Connection, folder: str) -> t
     return None
 
 
+def warehouse_problems(warehouse: WarehouseSettings, connections: dict[str, Connection]) -> Iterable[str]:
+    """The `warehouse:` section's rules: a PostgreSQL catalog is shared by machines, so is its data."""
+    if warehouse.on_postgres:
+        url = urlsplit(warehouse.catalog)
+        try:
+            url.port  # noqa: B018 - parsing it raises on a port that is not a number
+            valid = bool(url.hostname) and bool(url.path.strip("/"))
+        except ValueError:
+            valid = False
+        if not valid:
+            yield (
+                f"warehouse field 'catalog' {masked_url(warehouse.catalog)!r} is not a PostgreSQL URL with a host and "
+                "a database: write postgresql://USER@HOST:5432/DBNAME (the password from ${VARIABLE} or PGPASSWORD)"
+            )
+        if not warehouse.data_on_s3:
+            yield (
+                f"warehouse field 'data_path' {warehouse.data_path!r} is a local folder, but the catalog is "
+                "PostgreSQL, which other machines share: set data_path to s3://BUCKET/PREFIX/ and data_connection "
+                "to an s3 connection"
+            )
+    if warehouse.data_on_s3:
+        name = warehouse.data_connection
+        connection = connections.get(name) if name else None
+        if not isinstance(connection, S3Connection):
+            what = f"names {name!r}, which is not an s3 connection" if name else "is not set"
+            yield (
+                f"warehouse field 'data_connection' {what}: an s3:// data_path needs the name of an s3 "
+                "connection, whose endpoint and credentials reach it"
+            )
+        elif urlsplit(warehouse.data_path).netloc != connection.bucket:
+            yield (
+                f"warehouse field 'data_path' {warehouse.data_path!r} is not in the bucket of its data_connection "
+                f"{name!r} ({connection.bucket}): use s3://{connection.bucket}/PREFIX/ or another connection"
+            )
+    elif warehouse.data_connection:
+        yield (
+            f"warehouse field 'data_connection' is set, but data_path {warehouse.data_path!r} is a local folder: "
+            "remove data_connection, or set data_path to s3://BUCKET/PREFIX/"
+        )
+
+
 def semantic_problems(catalog: Catalog) -> Iterable[str]:
     """Cross-entry rules pydantic cannot see."""
     for section, entries in (
@@ -793,6 +872,7 @@ def semantic_problems(catalog: Catalog) -> Iterable[str]:
         )
 
     connections = {c.name: c for c in catalog.connections}
+    yield from warehouse_problems(catalog.warehouse, connections)
     reports = {r.name for r in catalog.reports}
     folders: list[tuple[tuple[str, ...], str]] = []
     property_owner: dict[str, str] = {}

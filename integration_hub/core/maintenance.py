@@ -266,7 +266,7 @@ def build_warehouse_maintenance(cron: str) -> dg.Definitions:
     ) -> dg.MaterializeResult:
         lake = warehouse.lake
         if not lake.exists:
-            context.log.info(f"no lake at {lake.catalog_path} yet: nothing to maintain")
+            context.log.info(f"no lake at {lake.shown} yet: nothing to maintain")
             return dg.MaterializeResult(metadata={"skipped": "no lake yet"})
         with warehouse.get_connection() as con:
             report = maintain(

@@ -123,14 +123,14 @@ def migrate(con: duckdb.DuckDBPyConnection, lake: Lake, old_path: Path, progress
         tables = _tables(con, OLD)
         if not tables:
             raise MigrationError(f"{old_path} has no tables: nothing to migrate; check that it is the old warehouse file")
-        say(f"migrating {len(tables)} tables from {old_path} into the lake {lake.catalog_path}")
+        say(f"migrating {len(tables)} tables from {old_path} into the lake {lake.shown}")
         copies: list[TableCopy] = []
         with transaction(con):
             occupied = _occupied(con)
             if occupied:
                 shown = ", ".join(occupied[:3]) + (", ..." if len(occupied) > 3 else "")
                 raise MigrationError(
-                    f"the lake {lake.catalog_path} already holds data ({shown}): migrate only fills an empty "
+                    f"the lake {lake.shown} already holds data ({shown}): migrate only fills an empty "
                     "lake; point warehouse.catalog and warehouse.data_path at new paths (or move the lake "
                     "away) and run migrate again"
                 )

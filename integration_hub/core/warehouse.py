@@ -11,26 +11,33 @@ metadata snapshot is older than another's commit cannot commit at all, so with S
 transactions themselves (see `transaction`) take turns through a lock on the catalog file. They
 are short: the slow work (validation, a large source's new Parquet files) happens before. Two
 runs of one integration are serialized for their whole length (`integration_lock`).
+
+Scale-out: the catalog is a PostgreSQL database and the data an s3:// path, shared by every
+machine. The same turns are taken through PostgreSQL advisory locks instead of files (`Lake.lock`),
+so no lock or state is on any machine's disk.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
-from .catalog import Catalog, InboundIntegration
+from .catalog import POSTGRES_SCHEMES, Catalog, InboundIntegration, S3Connection, load_catalog
 from .sql import DUCKDB_TYPES, ident, literal
 
 MEMORY_LIMIT_ENV = "INTEGRATION_HUB_DUCKDB_MEMORY"
@@ -103,19 +110,110 @@ def attributes_table(integration_name: str) -> str:
 
 
 @dataclass(frozen=True)
-class Lake:
-    """Where the lake lives: its catalog database and its data path."""
+class S3DataAccess:
+    """How DuckDB's httpfs reaches an s3:// data path: the data connection's endpoint and credentials."""
 
-    catalog_path: Path
-    data_path: Path
+    region: str | None = None
+    endpoint: str | None = None  # host:port of an S3-compatible store (moto, MinIO); None for AWS
+    use_ssl: bool = True
+    key_id: str | None = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    timeout_seconds: float = 60.0
+    retries: int = 2
+
+    @classmethod
+    def of(cls, connection: S3Connection) -> S3DataAccess:
+        endpoint = urlsplit(connection.endpoint_url) if connection.endpoint_url else None
+        key_id, secret, token = connection.access_key_id, connection.secret_access_key, connection.session_token
+        if key_id is None:
+            # The default AWS chain (environment, profile, instance role), as boto3 reads it.
+            import boto3
+
+            found = boto3.Session().get_credentials()
+            frozen = found.get_frozen_credentials() if found else None
+            key_id, secret_text, token_text = (
+                (frozen.access_key, frozen.secret_key, frozen.token) if frozen else (None, None, None)
+            )
+        else:
+            secret_text = secret.get_secret_value() if secret else None
+            token_text = token.get_secret_value() if token else None
+        return cls(
+            region=connection.region,
+            endpoint=endpoint.netloc if endpoint else None,
+            use_ssl=endpoint.scheme != "http" if endpoint else True,
+            key_id=key_id,
+            secret=secret_text,
+            session_token=token_text,
+            timeout_seconds=max(connection.connect_timeout_seconds, connection.read_timeout_seconds),
+            retries=connection.max_retries,
+        )
+
+    def setup(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Give `con` this access: a temporary (in-memory) secret, and the connection's timeouts."""
+        options = ["TYPE s3"]
+        for name, value in (
+            ("KEY_ID", self.key_id), ("SECRET", self.secret), ("SESSION_TOKEN", self.session_token),
+            ("REGION", self.region), ("ENDPOINT", self.endpoint),
+        ):
+            if value:
+                options.append(f"{name} {literal(value)}")
+        if self.endpoint:
+            options += ["URL_STYLE 'path'", f"USE_SSL {'true' if self.use_ssl else 'false'}"]
+        con.execute(f"CREATE OR REPLACE TEMPORARY SECRET lake_data ({', '.join(options)})")
+        con.execute(f"SET http_timeout = {max(1, round(self.timeout_seconds))}")
+        con.execute(f"SET http_retries = {self.retries}")
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Where the lake lives: its catalog database and its data path.
+
+    Embedded: `catalog_path` is a SQLite file and `data_path` a local folder. Scale-out:
+    `postgres_dsn` (libpq keywords, password included: never shown) names a PostgreSQL catalog,
+    `data_path` is an s3:// URL reached through `s3`, and `catalog_path` is None.
+    """
+
+    catalog_path: Path | None
+    data_path: Path | str
     retention_days: int = 30
+    postgres_dsn: str | None = field(default=None, repr=False)
+    shown_catalog: str | None = None  # how messages name a PostgreSQL catalog (its URL, no password)
+    s3: S3DataAccess | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, catalog: Catalog) -> Lake:
-        return cls(catalog.warehouse_catalog_path, catalog.warehouse_data_path, catalog.warehouse.snapshot_retention_days)
+        settings = catalog.warehouse
+        s3 = None
+        if settings.data_on_s3 and settings.data_connection:
+            connection = catalog.connection(settings.data_connection)
+            s3 = S3DataAccess.of(connection) if isinstance(connection, S3Connection) else None
+        data_path: Path | str = settings.data_path if settings.data_on_s3 else catalog.warehouse_data_path
+        if settings.on_postgres:
+            return cls(
+                None, data_path, settings.snapshot_retention_days,
+                postgres_dsn=postgres_dsn(settings.catalog), shown_catalog=catalog.warehouse_shown, s3=s3,
+            )
+        return cls(catalog.warehouse_catalog_path, data_path, settings.snapshot_retention_days, s3=s3)
+
+    @property
+    def on_postgres(self) -> bool:
+        return self.postgres_dsn is not None
+
+    @property
+    def shown(self) -> str:
+        """The catalog as messages name it: the SQLite file, or the PostgreSQL URL without password."""
+        return self.shown_catalog or str(self.catalog_path)
+
+    @property
+    def data_is_local(self) -> bool:
+        return not str(self.data_path).startswith("s3://")
 
     @property
     def exists(self) -> bool:
+        if self.postgres_dsn is not None:
+            return _postgres_lake_exists(self)
+        assert self.catalog_path is not None
         return self.catalog_path.exists()
 
     @property
@@ -123,17 +221,167 @@ class Lake:
         # DuckLake joins file names onto DATA_PATH as text: it must end in a separator.
         return str(self.data_path).rstrip("/") + "/"
 
+    @property
+    def scratch_folder(self) -> Path:
+        """Where a writer's DuckDB spills (not state: nothing in it outlives the connection)."""
+        if self.catalog_path is not None:
+            return self.catalog_path.parent / ".duckdb_tmp"
+        return Path(tempfile.gettempdir()) / "integration-hub-duckdb"
+
+    def metadata_url(self) -> str:
+        if self.postgres_dsn is not None:
+            return "ducklake:postgres:" + self.postgres_dsn
+        return "ducklake:sqlite:" + str(self.catalog_path)
+
     def attach_sql(self, alias: str = LAKE, read_only: bool = False, with_data_path: bool = True) -> str:
-        """The ATTACH statement that opens this lake.
+        """The ATTACH statement that opens this lake (a PostgreSQL one's includes its password).
 
         The catalog records its data path when it is created; naming it again makes DuckLake check
         that the catalog and the data path still belong together.
         """
         options = [f"DATA_PATH {literal(self.data_url)}"] if with_data_path else []
-        options += ["META_JOURNAL_MODE 'WAL'", f"META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}"]
+        if self.postgres_dsn is None:
+            options += ["META_JOURNAL_MODE 'WAL'", f"META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}"]
         if read_only:
             options.append("READ_ONLY")
-        return f"ATTACH {literal('ducklake:sqlite:' + str(self.catalog_path))} AS {ident(alias)} ({', '.join(options)})"
+        return f"ATTACH {literal(self.metadata_url())} AS {ident(alias)} ({', '.join(options)})"
+
+    def lock(self, name: str, what: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Any:
+        """An exclusive lock on `name` shared by every process using this lake: `commit`, `attach`
+        or `integration:NAME`. A file lock beside a SQLite catalog; a PostgreSQL advisory lock (no
+        file, any machine) with a PostgreSQL one. Either is released when its holder dies."""
+        if self.postgres_dsn is not None:
+            return postgres_lock(self, name, what, timeout)
+        assert self.catalog_path is not None
+        if name.startswith("integration:"):
+            path = self.catalog_path.parent / ".locks" / f"{name.split(':', 1)[1]}.lock"
+        else:
+            path = self.catalog_path.with_name(self.catalog_path.name + (".lock" if name == "commit" else f".lock.{name}"))
+        return file_lock(path, what, timeout)
+
+    def scrub(self, text: str) -> str:
+        """`text` with this lake's secrets (catalog password, S3 secret) masked."""
+        for secret in (_dsn_password(self.postgres_dsn), self.s3 and self.s3.secret, self.s3 and self.s3.session_token):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+# ---------------------------------------------------------------------------- a PostgreSQL catalog
+
+# libpq's own connect timeout, and TCP settings that notice a dead peer within about a minute
+# (a read timeout: libpq has none of its own).
+POSTGRES_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
+
+
+def postgres_dsn(url: str) -> str:
+    """A postgresql:// URL as libpq keywords (what DuckDB's postgres extension and psycopg2 take)."""
+    parts = urlsplit(url)
+    keywords: dict[str, str] = {}
+    if parts.hostname:
+        keywords["host"] = parts.hostname
+    if parts.port:
+        keywords["port"] = str(parts.port)
+    if parts.path.strip("/"):
+        keywords["dbname"] = unquote(parts.path.strip("/"))
+    if parts.username:
+        keywords["user"] = unquote(parts.username)
+    if parts.password:
+        keywords["password"] = unquote(parts.password)
+    for name, value in parse_qsl(parts.query):
+        keywords[name] = value
+    for name, value in POSTGRES_DEFAULTS.items():
+        keywords.setdefault(name, value)
+    return " ".join(f"{name}={_libpq_value(value)}" for name, value in keywords.items())
+
+
+def _libpq_value(value: str) -> str:
+    if re.fullmatch(r"[\w.\-/:~]+", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+_DSN_PASSWORD = re.compile(r"(?:^| )password=(?:'((?:[^'\\]|\\.)*)'|([^ ']+))")
+
+
+def _dsn_password(dsn: str | None) -> str | None:
+    match = _DSN_PASSWORD.search(dsn) if dsn else None
+    if not match:
+        return None
+    return match.group(2) if match.group(2) is not None else re.sub(r"\\(.)", r"\1", match.group(1))
+
+
+def without_password(dsn: str | None) -> str | None:
+    """libpq keywords with the password left out (libpq then reads PGPASSWORD or ~/.pgpass)."""
+    return _DSN_PASSWORD.sub("", dsn).strip() if dsn else dsn
+
+
+def _postgres_connect(lake: Lake, purpose: str) -> Any:
+    import psycopg2
+
+    try:
+        return psycopg2.connect(lake.postgres_dsn, application_name=f"integration_hub {purpose}")
+    except psycopg2.Error as exc:
+        reason = lake.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise LakeError(
+            f"cannot reach the warehouse catalog {lake.shown} ({reason}): check warehouse.catalog, the "
+            "password and that PostgreSQL accepts connections from this machine"
+        ) from None
+
+
+_POSTGRES_LAKES_SEEN: set[str] = set()  # catalogs this process found initialized (they stay so)
+
+
+def _postgres_lake_exists(lake: Lake) -> bool:
+    assert lake.postgres_dsn is not None
+    if lake.postgres_dsn in _POSTGRES_LAKES_SEEN:
+        return True
+    db = _postgres_connect(lake, "reader")
+    try:
+        with db.cursor() as cursor:
+            cursor.execute("SELECT to_regclass('ducklake_metadata') IS NOT NULL")
+            found = bool(cursor.fetchone()[0])
+    finally:
+        db.close()
+    if found:
+        _POSTGRES_LAKES_SEEN.add(lake.postgres_dsn)
+    return found
+
+
+@contextmanager
+def postgres_lock(lake: Lake, name: str, what: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """A session-level advisory lock in the catalog database, held while the block runs.
+
+    Closing the session releases it, and a holder that dies closes it: its machine's kernel, or
+    failing that TCP keepalives on both sides, end the session.
+    """
+    import psycopg2
+
+    db = _postgres_connect(lake, f"lock {name}")
+    try:
+        db.autocommit = True
+        with db.cursor() as cursor:
+            cursor.execute(
+                "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
+            )
+            cursor.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(timeout * 1000)}ms",))
+            try:
+                cursor.execute("SELECT pg_advisory_lock(hashtext('integration_hub'), hashtext(%s))", (name,))
+            except psycopg2.errors.LockNotAvailable:
+                raise WarehouseBusyError(
+                    f"{what} has been busy for {timeout:.0f} s: another run holds it; wait for it to "
+                    "finish (see the Dagster UI) and try again"
+                ) from None
+        yield
+    finally:
+        db.close()
 
 
 def extension_directory() -> str | None:
@@ -231,6 +479,12 @@ def _catalog_tables(path: Path, attempts: int = 5) -> set[str]:
 
 def prepare_lake(lake: Lake) -> None:
     """Check the paths of a lake about to be written; make a missing catalog/data folder if its parent exists."""
+    if lake.catalog_path is None:
+        return  # PostgreSQL and S3: attaching says whether they can be reached
+    if not lake.data_is_local:
+        _check_catalog_once(lake.catalog_path)
+        return
+    assert isinstance(lake.data_path, Path)
     for what, setting, path in (
         ("catalog", "warehouse.catalog", lake.catalog_path),
         ("data folder", "warehouse.data_path", lake.data_path),
@@ -261,21 +515,26 @@ def prepare_lake(lake: Lake) -> None:
 
 def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:
     try:
+        if lake.on_postgres:
+            _load_extensions(con, ("postgres",))
+        if lake.s3 is not None:
+            _load_extensions(con, ("httpfs",))
+            lake.s3.setup(con)
         con.execute(lake.attach_sql(read_only=read_only))
         con.execute(f"USE {LAKE}")
     except duckdb.OutOfMemoryException:
         limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
         raise LakeError(
-            f"DuckDB needed more than its memory_limit of {limit} to open the warehouse {lake.catalog_path}: "
+            f"DuckDB needed more than its memory_limit of {limit} to open the warehouse {lake.shown}: "
             f"set ${MEMORY_LIMIT_ENV} higher (e.g. 4GB) and run again"
         ) from None
     except duckdb.Error as exc:
-        reason = str(exc).splitlines()[0]
+        reason = lake.scrub(str(exc).splitlines()[0])
         fix = (
             ": warehouse.data_path must name the folder the lake was created with (or move the data back)"
             if "does not match existing data path" in reason else ""
         )
-        raise LakeError(f"cannot open the warehouse {lake.catalog_path}: {reason}{fix}") from None
+        raise LakeError(f"cannot open the warehouse {lake.shown}: {reason}{fix}") from None
 
 
 def _lake_of(where: Catalog | Lake) -> Lake:
@@ -303,13 +562,16 @@ def _reader_key(lake: Lake, memory_limit: str) -> tuple[Any, ...]:
     # file, perhaps with the inode number of the one removed) gets a new DuckDB. The change time
     # moves only when SQLite checkpoints its WAL into the file, now and then. The pid: a forked
     # child must not use its parent's DuckDB.
+    if lake.catalog_path is None:
+        return (os.getpid(), lake.postgres_dsn, lake.data_url, memory_limit)
     stat = lake.catalog_path.stat()
     identity = (stat.st_dev, stat.st_ino, stat.st_ctime_ns)
     return (os.getpid(), str(lake.catalog_path), lake.data_url, *identity, memory_limit)
 
 
 def _new_reader(lake: Lake, memory_limit: str) -> duckdb.DuckDBPyConnection:
-    _check_catalog_once(lake.catalog_path)
+    if lake.catalog_path is not None:
+        _check_catalog_once(lake.catalog_path)
     con = new_connection(memory_limit=memory_limit)
     try:
         attach(con, lake, read_only=True)
@@ -366,7 +628,7 @@ def open_reader(
             shared.users -= 1
 
 
-_WRITE_LOCKS: dict[int, Path] = {}  # id(connection) -> the lake's write lock file
+_WRITERS: dict[int, Lake] = {}  # id(connection) -> the lake it writes (whose commit lock it takes)
 _IN_TRANSACTION: set[int] = set()  # ids of connections inside transaction()
 
 
@@ -375,17 +637,16 @@ def open_writer(where: Catalog | Lake) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection to the lake, created on first use. Write through `transaction`."""
     lake = _lake_of(where)
     prepare_lake(lake)
-    lock = lake.catalog_path.with_name(lake.catalog_path.name + ".lock")
-    con = new_connection(temp_directory=lake.catalog_path.parent / ".duckdb_tmp")
+    con = new_connection(temp_directory=lake.scratch_folder)
     try:
         # The first ATTACH writes a new catalog, so writers attach one at a time (a few
         # milliseconds; not the commit lock, which a long commit may hold).
-        with file_lock(lock.with_name(lock.name + ".attach"), "the warehouse"):
+        with lake.lock("attach", "the warehouse"):
             attach(con, lake, read_only=False)
-        _WRITE_LOCKS[id(con)] = lock
+        _WRITERS[id(con)] = lake
         yield con
     finally:
-        _WRITE_LOCKS.pop(id(con), None)
+        _WRITERS.pop(id(con), None)
         con.close()
 
 
@@ -416,15 +677,15 @@ def file_lock(path: Path, what: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> I
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """One write transaction on the lake: all of it commits, or none of it (and the error is raised).
 
-    With a SQLite catalog, write transactions take turns (see the module docstring); keep slow
+    Write transactions take turns (see the module docstring); keep slow
     work (reading sources, validation) before this block.
     """
     if id(con) in _IN_TRANSACTION:  # nested: part of the enclosing transaction
         yield con
         return
-    lock = _WRITE_LOCKS.get(id(con))
+    lake = _WRITERS.get(id(con))
     # A connection not from open_writer (a plain DuckDB file, e.g. one being migrated) needs no turn.
-    with file_lock(lock, "the warehouse") if lock is not None else nullcontext():
+    with lake.lock("commit", "the warehouse") if lake is not None else nullcontext():
         con.execute("BEGIN TRANSACTION")
         _IN_TRANSACTION.add(id(con))
         try:
@@ -442,18 +703,21 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 
 def integration_lock(where: Catalog | Lake, integration: str) -> Any:
     """Held by a run of `integration` for its whole length: two runs of one integration take turns."""
-    lake = _lake_of(where)
-    return file_lock(lake.catalog_path.parent / ".locks" / f"{integration}.lock", f"integration {integration}")
+    return _lake_of(where).lock(f"integration:{integration}", f"integration {integration}")
 
 
 class WarehouseResource(DuckDBResource):
     """dagster-duckdb's resource, opening the lake; a run holds its integration's lock throughout.
 
-    `database` is the catalog file as given (the DuckDBResource field); `data_path` the lake's data.
+    `database` is the catalog file as given (the DuckDBResource field), or a PostgreSQL catalog's
+    URL without its password; `data_path` the lake's data. A lake that needs secrets (a PostgreSQL
+    catalog, S3 data) is read from `catalog_file` when the run opens it, so that no secret is in the
+    resource's configuration, which the Dagster UI shows.
     """
 
     data_path: str = ""
     retention_days: int = 30
+    catalog_file: str = ""
     _integration: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: Any) -> None:
@@ -462,6 +726,8 @@ class WarehouseResource(DuckDBResource):
 
     @property
     def lake(self) -> Lake:
+        if self.catalog_file and (self.database.startswith(POSTGRES_SCHEMES) or self.data_path.startswith("s3://")):
+            return Lake.of(load_catalog(self.catalog_file))
         return Lake(Path(self.database), Path(self.data_path), self.retention_days)
 
     @contextmanager

@@ -97,7 +97,7 @@ def dry_run_salesforce(catalog: Catalog, integration: SalesforceIntegration, arg
     full = bool(getattr(args, "full_resync", False))
     with open_reader(catalog) as con:
         if con is None:
-            raise CommandError(f"{integration.name}: the warehouse {catalog.warehouse_catalog_path} does not exist yet; run "
+            raise CommandError(f"{integration.name}: the warehouse {catalog.warehouse_shown} does not exist yet; run "
                                "an inbound integration first")
         try:
             result = run_sync(con, catalog, integration, dry_run=True, full_resync=full)

@@ -1,0 +1,82 @@
+"""Where each piece of the hub's state lives, and whether every machine of a deployment sees it.
+
+`integration-hub check` lists these. With a PostgreSQL warehouse catalog the deployment is meant
+to span machines, so any state still on one machine's disk fails the check with what to change.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .catalog import Catalog, SalesforceConnection
+
+
+@dataclass(frozen=True)
+class StateLocation:
+    """One piece of state: what it is, where it is, whether other machines see it, and any problem."""
+
+    state: str
+    location: str
+    shared: bool
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dagster_storage(instance: Any) -> tuple[str, bool]:
+    """How a Dagster instance keeps runs, events and schedules: a description, and whether it is shared."""
+    kinds = {type(storage).__name__ for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage)}
+    shared = all(kind.startswith(("Postgres", "MySQL")) for kind in kinds)
+    if shared:
+        return "a database (" + ", ".join(sorted(kinds)) + ")", True
+    home = os.environ.get("DAGSTER_HOME", "$DAGSTER_HOME")
+    return f"files under {home} (" + ", ".join(sorted(kinds)) + ")", False
+
+
+def state_locations(catalog: Catalog, dagster: tuple[str, bool] | None) -> list[StateLocation]:
+    """Every piece of state the catalog's deployment keeps; problems only when the warehouse is scale-out."""
+    scale_out = catalog.warehouse.on_postgres
+    found: list[StateLocation] = []
+
+    def add(state: str, location: str, shared: bool, fix: str) -> None:
+        problem = None if shared or not scale_out else f"{state} is on this machine's disk ({location}): {fix}"
+        found.append(StateLocation(state, location, shared, problem))
+
+    warehouse = catalog.warehouse
+    add(
+        "warehouse catalog",
+        catalog.warehouse_shown if warehouse.on_postgres else f"SQLite file {catalog.warehouse_catalog_path}",
+        warehouse.on_postgres,
+        "set warehouse.catalog to postgresql://USER@HOST:5432/DBNAME",
+    )
+    add(
+        "warehouse data",
+        warehouse.data_path if warehouse.data_on_s3 else f"folder {catalog.warehouse_data_path}",
+        warehouse.data_on_s3,
+        "set warehouse.data_path to s3://BUCKET/PREFIX/ and warehouse.data_connection to an s3 connection",
+    )
+    if any(i.type == "api" for i in catalog.integrations):
+        not_yet = (
+            "only a local folder can hold it today, so run the API and its integrations with an embedded "
+            "(SQLite) warehouse, or remove the api integrations from this catalog"
+        )
+        add("API landing (accepted batches)", f"folder {catalog.landing_path}", False, not_yet)
+        add("API tokens (hashed)", f"SQLite file {catalog.landing_path / 'tokens.sqlite3'}", False, not_yet)
+    if any(isinstance(c, SalesforceConnection) for c in catalog.connections):
+        add(
+            "Salesforce credentials (encrypted)",
+            f"folder {catalog.state_dir / 'salesforce_tokens'}",
+            False,
+            "only a local folder can hold them today, so run the Salesforce integrations on one machine",
+        )
+    if dagster is not None:
+        add(
+            "Dagster instance (runs, schedules, toggles)",
+            dagster[0],
+            dagster[1],
+            "configure dagster-postgres storage in $DAGSTER_HOME/dagster.yaml (docs/deploy.md)",
+        )
+    return found

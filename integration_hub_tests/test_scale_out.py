@@ -1,0 +1,305 @@
+"""The scale-out warehouse: a DuckLake whose catalog is PostgreSQL and whose data is in S3.
+
+A real PostgreSQL server (a temporary cluster, password auth over TCP) and a moto S3 server over
+HTTP; every command runs as its own process, as it would on another machine, and nothing of the
+lake is on local disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from integration_hub.core.catalog import load_catalog
+from integration_hub.core.warehouse import Lake, LakeError, WarehouseBusyError, open_reader
+from integration_hub_tests.fakes.moto_server import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, MotoServer
+from integration_hub_tests.fakes.postgres_server import PostgresServer
+
+LAKE_BUCKET = "acme-lake"
+INBOUND_BUCKET = "acme-inbound"
+PASSWORD_VARIABLE = "IHUB_TEST_PG_PASSWORD"
+HEADER = "email,Plan Tier,tickets\n"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+def integration(name: str, folder: str) -> dict[str, Any]:
+    return {
+        "name": name, "type": "s3_csv", "connection": "inbound", "folder": folder, "user_id_column": "email",
+        "properties": [
+            {"column": "Plan Tier", "name": f"{name}_plan", "type": "string"},
+            {"column": "tickets", "name": f"{name}_tickets", "type": "number"},
+        ],
+    }
+
+
+class ScaleOut:
+    """A project folder whose catalog puts the lake on PostgreSQL + S3, and runs commands from it."""
+
+    def __init__(self, root: Path, postgres: PostgresServer, s3: MotoServer) -> None:
+        self.root, self.postgres, self.s3 = root, postgres, s3
+        self.database = postgres.new_database()
+        self.client = s3.client()
+        for bucket in (LAKE_BUCKET, INBOUND_BUCKET):
+            try:
+                self.client.create_bucket(Bucket=bucket)
+            except self.client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+        self.prefix = f"t{self.database[-8:]}"  # one lake and one landing prefix per test
+        connection = {
+            "type": "s3", "region": "us-east-1", "endpoint_url": s3.endpoint_url,
+            "access_key_id": FAKE_ACCESS_KEY_ID, "secret_access_key": FAKE_SECRET_ACCESS_KEY,
+        }
+        self.document: dict[str, Any] = {
+            "warehouse": {
+                "catalog": postgres.url(self.database, password="${" + PASSWORD_VARIABLE + "}"),
+                "data_path": f"s3://{LAKE_BUCKET}/{self.prefix}/lake/",
+                "data_connection": "lake_bucket",
+            },
+            "connections": [
+                {"name": "lake_bucket", "bucket": LAKE_BUCKET, "prefix": self.prefix, **connection},
+                {"name": "inbound", "bucket": INBOUND_BUCKET, "prefix": self.prefix, **connection},
+            ],
+            "integrations": [integration("crm", "crm"), integration("billing", "billing")],
+        }
+        self.catalog_file = root / "integrations.yaml"
+        self.catalog_file.write_text(yaml.safe_dump(self.document, sort_keys=False))
+        self.env = {
+            **os.environ, PASSWORD_VARIABLE: postgres.password, "DAGSTER_HOME": str(root / "dagster_home"),
+            "INTEGRATION_HUB_CATALOG": str(self.catalog_file),
+        }
+        (root / "dagster_home").mkdir()
+
+    def put(self, key: str, body: str) -> None:
+        self.client.put_object(Bucket=INBOUND_BUCKET, Key=f"{self.prefix}/{key}", Body=body.encode())
+
+    def command(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "integration_hub.cli.main", *args], cwd=self.root, env=self.env,
+            capture_output=True, text=True, timeout=300,
+        )
+        assert self.postgres.password not in done.stdout + done.stderr, "the catalog's password was shown"
+        if check:
+            assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        return json.loads(self.command("sql", query, "--json").stdout)
+
+    def lake_objects(self) -> list[str]:
+        listed = self.client.list_objects_v2(Bucket=LAKE_BUCKET, Prefix=f"{self.prefix}/lake/")
+        return [item["Key"] for item in listed.get("Contents", [])]
+
+    def local_files(self) -> set[str]:
+        skip = {"integrations.yaml"}
+        return {
+            str(path.relative_to(self.root)) for path in self.root.rglob("*")
+            if path.is_file() and "dagster_home" not in path.parts and path.name not in skip
+        }
+
+
+@pytest.fixture
+def scale_out(tmp_path: Path, postgres: PostgresServer, s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> ScaleOut:
+    monkeypatch.setenv(PASSWORD_VARIABLE, postgres.password)
+    return ScaleOut(tmp_path, postgres, s3_server)
+
+
+def test_a_csv_run_writes_the_lake_into_postgres_and_s3_and_nothing_on_local_disk(scale_out: ScaleOut) -> None:
+    scale_out.put("crm/a.csv", HEADER + "a@x.com,gold,3\nb@x.com,silver,1\n")
+    scale_out.command("run", "crm")
+    rows = scale_out.sql("SELECT user_id, crm_plan, crm_tickets FROM user_profiles ORDER BY user_id")
+    assert rows == [
+        {"user_id": "a@x.com", "crm_plan": "gold", "crm_tickets": 3.0},
+        {"user_id": "b@x.com", "crm_plan": "silver", "crm_tickets": 1.0},
+    ]
+    assert any(key.endswith(".parquet") for key in scale_out.lake_objects()), "the rows are Parquet files in S3"
+    assert scale_out.local_files() == set(), "no lake file, lock file or folder on this machine"
+    # The catalog tables are in PostgreSQL.
+    import psycopg2
+
+    with psycopg2.connect(scale_out.postgres.dsn(scale_out.database)) as db, db.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM ducklake_snapshot")
+        assert cursor.fetchone()[0] >= 2
+
+    # A second file updates one user and adds one; the first run's users stay.
+    scale_out.put("crm/b.csv", HEADER + "b@x.com,gold,\nc@x.com,bronze,7\n")
+    scale_out.command("run", "crm")
+    rows = scale_out.sql("SELECT user_id, crm_plan FROM attributes_crm ORDER BY user_id")
+    assert [(r["user_id"], r["crm_plan"]) for r in rows] == [("a@x.com", "gold"), ("b@x.com", "gold"), ("c@x.com", "bronze")]
+    history = json.loads(scale_out.command("history", "b@x.com", "--json").stdout)
+    plan = [(c["value"], c["source"].rsplit("/", 1)[-1]) for c in history if c["attribute"] == "crm_plan"]
+    assert plan == [("silver", "a.csv"), ("gold", "b.csv")]
+
+
+def test_the_attach_statements_open_the_lake_from_a_plain_duckdb_without_printing_a_secret(scale_out: ScaleOut) -> None:
+    scale_out.put("crm/a.csv", HEADER + "a@x.com,gold,3\n")
+    scale_out.command("run", "crm")
+    printed = scale_out.command("sql", "--attach").stdout
+    assert "password=" not in printed and "KEY_ID '" not in printed and FAKE_SECRET_ACCESS_KEY not in printed, printed
+    from integration_hub.core.warehouse import extension_directory
+
+    script = textwrap.dedent(
+        """
+        import sys, duckdb
+        con = duckdb.connect(config={"extension_directory": sys.argv[1]} if sys.argv[1] else {})
+        for statement in sys.stdin.read().splitlines():
+            if statement.strip() and not statement.startswith("--"):
+                con.execute(statement)
+        print(con.execute("SELECT user_id, crm_plan FROM attributes_crm").fetchall())
+        """
+    )
+    env = {
+        **scale_out.env, "PGPASSWORD": scale_out.postgres.password,
+        "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_ACCESS_KEY,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script, extension_directory() or ""], input=printed, capture_output=True, text=True,
+        env=env, cwd=scale_out.root, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[('a@x.com', 'gold')]"
+
+
+def test_runs_of_two_integrations_commit_from_separate_processes(scale_out: ScaleOut) -> None:
+    for n in range(3):
+        scale_out.put(f"crm/{n}.csv", HEADER + "".join(f"u{i}@x.com,crm{n},{i}\n" for i in range(n, 200, 3)))
+        scale_out.put(f"billing/{n}.csv", HEADER + "".join(f"u{i}@x.com,bill{n},{i}\n" for i in range(n, 300, 3)))
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "integration_hub.cli.main", "run", name], cwd=scale_out.root, env=scale_out.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for name in ("crm", "billing")
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    counts = scale_out.sql(
+        "SELECT (SELECT count(*) FROM attributes_crm) AS crm, (SELECT count(*) FROM attributes_billing) AS billing, "
+        "(SELECT count(*) FROM user_profiles) AS users, "
+        "(SELECT count(*) FROM processed_files WHERE status = 'success') AS files"
+    )
+    assert counts == [{"crm": 200, "billing": 300, "users": 300, "files": 6}]
+
+
+def test_a_run_holds_its_integration_across_processes_through_the_catalog_database(scale_out: ScaleOut) -> None:
+    """Two runs of one integration take turns with no lock file: an advisory lock in PostgreSQL."""
+    lake = Lake.of(load_catalog(scale_out.catalog_file))
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys, time; from integration_hub.core.catalog import load_catalog; "
+            "from integration_hub.core.warehouse import Lake, integration_lock\n"
+            "with integration_lock(Lake.of(load_catalog(sys.argv[1])), 'crm'):\n"
+            "    print('held', flush=True); time.sleep(60)",
+            str(scale_out.catalog_file),
+        ],
+        env=scale_out.env, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(WarehouseBusyError, match="integration crm has been busy"):
+            with lake.lock("integration:crm", "integration crm", timeout=1.0):
+                pass
+        assert time.monotonic() - started >= 0.9
+        with lake.lock("integration:billing", "integration billing", timeout=1.0):
+            pass  # another integration is not held
+    finally:
+        holder.kill()  # a holder that dies releases the lock
+        holder.wait()
+    with lake.lock("integration:crm", "integration crm", timeout=10.0):
+        pass
+    assert scale_out.local_files() == set()
+
+
+def test_a_wrong_password_is_one_line_that_names_the_catalog_and_not_the_password(
+    scale_out: ScaleOut, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scale_out.put("crm/a.csv", HEADER + "a@x.com,gold,3\n")
+    scale_out.env[PASSWORD_VARIABLE] = "not-the-password"
+    monkeypatch.setenv(PASSWORD_VARIABLE, "not-the-password")
+    done = scale_out.command("sql", "SELECT 1", check=False)
+    assert done.returncode != 0
+    assert "not-the-password" not in done.stdout + done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and f"@127.0.0.1:{scale_out.postgres.port}/{scale_out.database}" in line, line
+    assert "password" in line.lower() and "Traceback" not in line
+    lake = Lake.of(load_catalog(scale_out.catalog_file))
+    with pytest.raises(LakeError) as failure:
+        with open_reader(lake):
+            pass
+    assert "not-the-password" not in str(failure.value)
+
+
+def test_a_postgres_catalog_needs_its_data_in_s3(scale_out: ScaleOut) -> None:
+    document = dict(scale_out.document)
+    document["warehouse"] = {**document["warehouse"], "data_path": "data/lake/"}
+    document["warehouse"].pop("data_connection")
+    scale_out.catalog_file.write_text(yaml.safe_dump(document))
+    done = scale_out.command("integrations", check=False)
+    assert done.returncode != 0
+    assert "data_path" in done.stderr and "s3://BUCKET/PREFIX/" in done.stderr, done.stderr
+
+
+def dagster_on_postgres(scale_out: ScaleOut) -> None:
+    """$DAGSTER_HOME/dagster.yaml with dagster-postgres storage (the driver named: see docs/deploy.md)."""
+    database = scale_out.postgres.new_database("dagster")
+    scale_out.env["DAGSTER_PG_URL"] = (
+        f"postgresql+psycopg2://hub:{scale_out.postgres.password}@127.0.0.1:{scale_out.postgres.port}/{database}"
+    )
+    config = {"storage": {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}, "telemetry": {"enabled": False}}
+    (scale_out.root / "dagster_home" / "dagster.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_check_lists_where_state_lives_and_fails_on_a_local_dagster_instance(scale_out: ScaleOut) -> None:
+    done = scale_out.command("check", "--json", check=False)
+    report = json.loads(done.stdout)
+    places = {place["state"]: place for place in report["state"]}
+    assert places["warehouse catalog"]["shared"] and places["warehouse data"]["shared"]
+    assert places["warehouse data"]["location"] == f"s3://{LAKE_BUCKET}/{scale_out.prefix}/lake/"
+    instance = places["Dagster instance (runs, schedules, toggles)"]
+    assert not instance["shared"] and "dagster-postgres" in instance["problem"]
+    assert done.returncode == 1 and report["ok"] is False
+
+    dagster_on_postgres(scale_out)
+    done = scale_out.command("check")
+    assert "FAIL" not in done.stdout and "Dagster instance" in done.stdout, done.stdout
+    assert scale_out.postgres.password not in done.stdout
+
+
+def test_toggles_the_management_table_and_runs_work_with_dagster_on_postgres(scale_out: ScaleOut) -> None:
+    dagster_on_postgres(scale_out)
+    scale_out.put("crm/a.csv", HEADER + "a@x.com,gold,3\n")
+    scale_out.command("disable", "crm")
+    table = {row["name"]: row for row in json.loads(scale_out.command("integrations", "--json").stdout)}
+    assert table["crm"]["enabled"] is False and table["billing"]["enabled"] is True
+    scale_out.command("enable", "crm")
+    scale_out.command("run", "crm")
+    table = {row["name"]: row for row in json.loads(scale_out.command("integrations", "--json").stdout)}
+    assert table["crm"]["enabled"] is True and table["crm"]["last_run_status"] == "success", table["crm"]
+    assert scale_out.local_files() == set()
+    import psycopg2
+
+    with psycopg2.connect(scale_out.env["DAGSTER_PG_URL"].replace("+psycopg2", "")) as db, db.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM runs")
+        assert cursor.fetchone()[0] == 1, "the run is recorded in PostgreSQL"
