@@ -12,6 +12,7 @@ import pytest
 
 from integration_hub_tests.fakes.azurite import AzuriteServer
 from integration_hub_tests.fakes.moto_server import MotoServer
+from integration_hub_tests.fakes.postgres_server import PostgresServer
 from integration_hub_tests.fakes.salesforce import FakeSalesforce
 from integration_hub_tests.support import BUCKET, PREFIX, Landing, local_landing_at
 
@@ -85,6 +86,13 @@ def _quiet_werkzeug() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def moto_server() -> Iterator[MotoServer]:
     with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (one per test process); tests take a database each (`new_database`)."""
+    with PostgresServer() as server:
         yield server
 
 

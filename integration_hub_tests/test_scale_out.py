@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +28,6 @@ LAKE_BUCKET = "acme-lake"
 INBOUND_BUCKET = "acme-inbound"
 PASSWORD_VARIABLE = "IHUB_TEST_PG_PASSWORD"
 HEADER = "email,Plan Tier,tickets\n"
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    with PostgresServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 def integration(name: str, folder: str) -> dict[str, Any]:
@@ -119,9 +106,9 @@ class ScaleOut:
 
 
 @pytest.fixture
-def scale_out(tmp_path: Path, postgres: PostgresServer, s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> ScaleOut:
+def scale_out(tmp_path: Path, postgres: PostgresServer, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> ScaleOut:
     monkeypatch.setenv(PASSWORD_VARIABLE, postgres.password)
-    return ScaleOut(tmp_path, postgres, s3_server)
+    return ScaleOut(tmp_path, postgres, moto_server)
 
 
 def test_a_csv_run_writes_the_lake_into_postgres_and_s3_and_nothing_on_local_disk(scale_out: ScaleOut) -> None:
