@@ -290,3 +290,84 @@ def test_toggles_the_management_table_and_runs_work_with_dagster_on_postgres(sca
     with psycopg2.connect(scale_out.env["DAGSTER_PG_URL"].replace("+psycopg2", "")) as db, db.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM runs")
         assert cursor.fetchone()[0] == 1, "the run is recorded in PostgreSQL"
+
+
+API_INTEGRATION: dict[str, Any] = {
+    "name": "web", "type": "api", "system": "main_site", "environment": "production", "user_id_property": "userId",
+    "properties": [{"property": "planTier", "name": "plan_tier", "type": "string"}],
+}
+
+
+def test_api_tokens_live_in_the_catalog_database_and_every_replica_refuses_a_revoked_one(scale_out: ScaleOut) -> None:
+    import httpx
+    import psycopg2
+
+    from integration_hub_tests.api_support import ApiServer
+
+    scale_out.document["integrations"].append(API_INTEGRATION)
+    scale_out.catalog_file.write_text(yaml.safe_dump(scale_out.document, sort_keys=False))
+    bearer = json.loads(scale_out.command("tokens", "create", "acme", "--json").stdout)["token"]
+    integration_token = json.loads(scale_out.command("endpoint", "web", "--json").stdout)["integration_token"]
+    with psycopg2.connect(scale_out.postgres.dsn(scale_out.database)) as db, db.cursor() as cursor:
+        cursor.execute("SELECT name, token_sha256 FROM integration_hub.bearer_tokens")
+        (name, stored), = cursor.fetchall()
+        cursor.execute("SELECT integration FROM integration_hub.integration_tokens")
+        assert cursor.fetchall() == [("web",)]
+    assert name == "acme" and bearer not in stored and len(stored) == 64, "stored hashed"
+    assert not any(path.endswith("tokens.sqlite3") for path in scale_out.local_files())
+
+    catalog = load_catalog(scale_out.catalog_file)
+    dagster_home = scale_out.root / "dagster_home"
+    replicas = [ApiServer(catalog, dagster_home, log=scale_out.root / f"replica-{n}.log") for n in (1, 2)]
+    request = {"integration_token": integration_token, "data": [{"userId": "u1", "planTier": "gold"}]}
+    headers = {"Authorization": f"Bearer {bearer}"}
+    try:
+        for replica in replicas:
+            replica.start()
+        for replica in replicas:
+            answer = httpx.post(f"{replica.url}/v1/end-users", json=request, headers=headers, timeout=10)
+            assert answer.status_code == 202, answer.text
+        scale_out.command("tokens", "revoke", "acme")
+        revoked_at = time.monotonic()
+        for replica in replicas:
+            while True:
+                answer = httpx.post(f"{replica.url}/v1/end-users", json=request, headers=headers, timeout=10)
+                if answer.status_code == 401 or time.monotonic() - revoked_at > 10:
+                    break
+                time.sleep(0.2)
+            assert answer.status_code == 401, f"{replica.url} still accepts a revoked token: {answer.text}"
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+    places = {p["state"]: p for p in json.loads(scale_out.command("check", "--json", check=False).stdout)["state"]}
+    assert places["API tokens (hashed)"]["shared"] and places["API tokens (hashed)"]["problem"] is None
+    assert not places["API landing (accepted batches)"]["shared"] and places["API landing (accepted batches)"]["problem"]
+
+
+def test_a_large_source_rewrite_and_maintenance_work_on_the_s3_lake(
+    scale_out: ScaleOut, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rewrite of a large source (new Parquet files in S3, then a swap) and warehouse maintenance
+    (compaction, expiry, deleting unreferenced files), in-process on the PostgreSQL + S3 lake."""
+    from integration_hub.core import ingest
+    from integration_hub.core.maintenance import maintain_lake
+    from integration_hub_tests.support import query, run_job
+
+    catalog = load_catalog(scale_out.catalog_file)
+    for n in range(3):  # small files: merged, one snapshot each
+        scale_out.put(f"crm/{n}.csv", HEADER + f"u{n}@x.com,plan{n},{n}\n")
+        assert run_job(catalog, "crm").success
+    monkeypatch.setattr(ingest, "REWRITE_MIN_ROWS", 2)  # the next source of 2+ rows rewrites the table
+    scale_out.put("crm/big.csv", HEADER + "u1@x.com,gold,10\nu9@x.com,pro,9\n")
+    assert run_job(catalog, "crm").success
+    expected = [("u0@x.com", "plan0"), ("u1@x.com", "gold"), ("u2@x.com", "plan2"), ("u9@x.com", "pro")]
+    assert query(catalog, "SELECT user_id, crm_plan FROM attributes_crm ORDER BY user_id") == expected
+
+    report = maintain_lake(Lake.of(catalog), retention_days=1, delete_immediately=True)
+    assert report.before.files > report.after.files, report  # compacted, and replaced files deleted
+    assert report.files_deleted > 0
+    assert query(catalog, "SELECT user_id, crm_plan FROM attributes_crm ORDER BY user_id") == expected
+    live = {key.rsplit("/", 1)[-1] for key in scale_out.lake_objects()}
+    assert len(live) == report.after.files, "what is left in the bucket is what the lake reads"
+    assert scale_out.local_files() == set()

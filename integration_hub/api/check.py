@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..core.catalog import ApiIntegration, Catalog
 from .batches import BatchStore, batch_time
-from .tokens import TokenStore
+from .tokens import token_store
 
 
 @dataclass
@@ -38,7 +38,7 @@ def check_api_integration(catalog: Catalog, integration: ApiIntegration) -> list
                 "fix its permissions or set `landing:` in the catalog",
             )
         ]
-    with TokenStore(landing) as tokens:
+    with token_store(catalog) as tokens:
         issued = tokens.integration_token_issued(integration.name)
     if issued is None:
         return [

@@ -33,9 +33,9 @@ def _catalog(args: argparse.Namespace) -> Catalog:
 
 
 def _token_store(catalog: Catalog) -> TokenStore:
-    from .tokens import TokenStore
+    from .tokens import token_store
 
-    return TokenStore(catalog.landing_path)
+    return token_store(catalog)
 
 
 def _guard(handler):

@@ -49,7 +49,7 @@ from .openapi import BATCH_ID_PATTERN, request_schema
 from .openapi import finish as finish_openapi
 from .request_body import BodyRefused, check_media_type, read_body
 from .settings import ApiSettings
-from .tokens import TokenStore
+from .tokens import token_store
 from .validation import CompiledMapping, compile_mapping
 
 log = logging.getLogger("integration_hub.api")
@@ -135,7 +135,7 @@ class Hub:
         if getattr(self, "batches", None) is None or self.batches.root != landing:
             landing.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.batches = BatchStore(landing)
-            self.tokens = TokenStore(landing)
+            self.tokens = token_store(catalog)
         for name, integration in self.integrations.items():
             self.enabled.setdefault(name, integration.enabled)
 

@@ -188,7 +188,7 @@ def issue_demo_tokens(catalog_path: Path, env_file: Path, api_url: str) -> bool:
 
     Returns True when they were issued now. The tokens are never printed: `source` the file.
     """
-    from ..api.tokens import TokenStore
+    from ..api.tokens import token_store
     from ..core.catalog import ApiIntegration, load_catalog
 
     catalog = load_catalog(catalog_path)
@@ -197,7 +197,7 @@ def issue_demo_tokens(catalog_path: Path, env_file: Path, api_url: str) -> bool:
         f"export INTEGRATION_HUB_API_URL={api_url}",
     ]
     issued = False
-    with TokenStore(catalog.landing_path) as tokens:
+    with token_store(catalog) as tokens:
         if not any(t.name == DEMO_BEARER for t in tokens.list_bearers() if t.active):
             lines.append(f"export INTEGRATION_HUB_TOKEN={tokens.create_bearer(DEMO_BEARER)}")
             issued = True

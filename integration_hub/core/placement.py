@@ -60,11 +60,14 @@ def state_locations(catalog: Catalog, dagster: tuple[str, bool] | None) -> list[
     )
     if any(i.type == "api" for i in catalog.integrations):
         not_yet = (
-            "only a local folder can hold it today, so run the API and its integrations with an embedded "
-            "(SQLite) warehouse, or remove the api integrations from this catalog"
+            "only a local folder can hold accepted batches today, so run the API and its integrations with "
+            "an embedded (SQLite) warehouse, or remove the api integrations from this catalog"
         )
         add("API landing (accepted batches)", f"folder {catalog.landing_path}", False, not_yet)
-        add("API tokens (hashed)", f"SQLite file {catalog.landing_path / 'tokens.sqlite3'}", False, not_yet)
+        if scale_out:  # api.tokens.token_store: in the catalog database
+            add("API tokens (hashed)", f"{catalog.warehouse_shown}, schema integration_hub", True, "")
+        else:
+            add("API tokens (hashed)", f"SQLite file {catalog.landing_path / 'tokens.sqlite3'}", False, "")
     if any(isinstance(c, SalesforceConnection) for c in catalog.connections):
         add(
             "Salesforce credentials (encrypted)",

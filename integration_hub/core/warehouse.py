@@ -261,7 +261,7 @@ class Lake:
 
     def scrub(self, text: str) -> str:
         """`text` with this lake's secrets (catalog password, S3 secret) masked."""
-        for secret in (_dsn_password(self.postgres_dsn), self.s3 and self.s3.secret, self.s3 and self.s3.session_token):
+        for secret in (dsn_password(self.postgres_dsn), self.s3 and self.s3.secret, self.s3 and self.s3.session_token):
             if secret:
                 text = text.replace(secret, "***")
         return text
@@ -311,7 +311,8 @@ def _libpq_value(value: str) -> str:
 _DSN_PASSWORD = re.compile(r"(?:^| )password=(?:'((?:[^'\\]|\\.)*)'|([^ ']+))")
 
 
-def _dsn_password(dsn: str | None) -> str | None:
+def dsn_password(dsn: str | None) -> str | None:
+    """The password in libpq keywords, if any (to mask it wherever text may repeat it)."""
     match = _DSN_PASSWORD.search(dsn) if dsn else None
     if not match:
         return None
@@ -323,17 +324,24 @@ def without_password(dsn: str | None) -> str | None:
     return _DSN_PASSWORD.sub("", dsn).strip() if dsn else dsn
 
 
-def _postgres_connect(lake: Lake, purpose: str) -> Any:
+def postgres_connect(dsn: str, shown: str, purpose: str) -> Any:
+    """A psycopg2 connection to the catalog database; LakeError (one line, no password) if it fails."""
     import psycopg2
 
     try:
-        return psycopg2.connect(lake.postgres_dsn, application_name=f"integration_hub {purpose}")
+        return psycopg2.connect(dsn, application_name=f"integration_hub {purpose}")
     except psycopg2.Error as exc:
-        reason = lake.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        password = dsn_password(dsn)
         raise LakeError(
-            f"cannot reach the warehouse catalog {lake.shown} ({reason}): check warehouse.catalog, the "
-            "password and that PostgreSQL accepts connections from this machine"
+            f"cannot reach the warehouse catalog {shown} ({reason.replace(password, '***') if password else reason}): "
+            "check warehouse.catalog, the password and that PostgreSQL accepts connections from this machine"
         ) from None
+
+
+def _postgres_connect(lake: Lake, purpose: str) -> Any:
+    assert lake.postgres_dsn is not None
+    return postgres_connect(lake.postgres_dsn, lake.shown, purpose)
 
 
 _POSTGRES_LAKES_SEEN: set[str] = set()  # catalogs this process found initialized (they stay so)
