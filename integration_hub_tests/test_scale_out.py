@@ -254,7 +254,9 @@ def dagster_on_postgres(scale_out: ScaleOut) -> None:
     scale_out.env["DAGSTER_PG_URL"] = (
         f"postgresql+psycopg2://hub:{scale_out.postgres.password}@127.0.0.1:{scale_out.postgres.port}/{database}"
     )
-    config = {"storage": {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}, "telemetry": {"enabled": False}}
+    from integration_hub.core.state import DAGSTER_YAML
+
+    config = {**yaml.safe_load(DAGSTER_YAML), "storage": {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}}
     (scale_out.root / "dagster_home" / "dagster.yaml").write_text(yaml.safe_dump(config))
 
 

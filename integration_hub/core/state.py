@@ -65,8 +65,14 @@ def ensure_dagster_home(catalog: Catalog | None = None) -> Path:
 def dagster_instance(catalog: Catalog | None = None) -> Iterator[object]:
     from dagster import DagsterInstance
 
-    ensure_dagster_home(catalog)
-    with DagsterInstance.get() as instance:
+    from .warehouse import file_lock
+
+    home = ensure_dagster_home(catalog)
+    # Two commands starting at once on a new $DAGSTER_HOME would both create its SQLite storage
+    # ("table ... already exists"): the instance is made by one process at a time.
+    with file_lock(home / ".instance.lock", "the Dagster instance", timeout=60):
+        instance = DagsterInstance.get()
+    with instance:
         yield instance
 
 
