@@ -373,3 +373,45 @@ def test_a_large_source_rewrite_and_maintenance_work_on_the_s3_lake(
     live = {key.rsplit("/", 1)[-1] for key in scale_out.lake_objects()}
     assert len(live) == report.after.files, "what is left in the bucket is what the lake reads"
     assert scale_out.local_files() == set()
+
+
+def test_salesforce_credentials_live_encrypted_in_the_catalog_database(
+    scale_out: ScaleOut, fake: Any, salesforce_environment: None, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`salesforce connect` on one machine stores the refresh token where a run on any machine finds it."""
+    import psycopg2
+
+    from integration_hub.cli.main import main
+    from integration_hub.salesforce import auth
+    from integration_hub_tests.api_support import free_port
+    from integration_hub_tests.test_salesforce_auth import _approve
+    from integration_hub_tests.test_salesforce_support import CLIENT_ID
+
+    port = free_port()
+    fake.register_oauth_client(CLIENT_ID, "s3cret", redirect_uris=[f"http://localhost:{port}/OauthRedirect"])
+    scale_out.document["connections"].append({
+        "name": "sf", "type": "salesforce", "environment": "sandbox", "login_url": fake.url, "client_id": CLIENT_ID,
+        "client_secret": "s3cret", "ca_bundle": fake.ca_file, "callback_port": port, "timeout_seconds": 10,
+    })
+    scale_out.catalog_file.write_text(yaml.safe_dump(scale_out.document, sort_keys=False))
+    monkeypatch.setattr(auth.webbrowser, "open", _approve(fake))
+    path = str(scale_out.catalog_file)
+
+    assert main(["salesforce", "connect", "sf", "--catalog", path]) == 0
+    out = capsys.readouterr().out
+    assert f"connected sf to {fake.url}" in out and scale_out.postgres.password not in out
+    with psycopg2.connect(scale_out.postgres.dsn(scale_out.database)) as db, db.cursor() as cursor:
+        cursor.execute("SELECT connection, encrypted FROM integration_hub.salesforce_credentials")
+        (name, encrypted), = cursor.fetchall()
+    stored = auth.token_store(load_catalog(path)).load("sf")
+    assert name == "sf" and stored is not None and fake.is_token_valid(stored["refresh_token"])
+    assert stored["refresh_token"].encode() not in bytes(encrypted), "stored encrypted"
+    assert scale_out.local_files() == set(), "no credentials file on this machine"
+    places = {p["state"]: p for p in json.loads(scale_out.command("check", "--json", check=False).stdout)["state"]}
+    assert places["Salesforce credentials (encrypted)"]["shared"]
+
+    assert main(["salesforce", "disconnect", "sf", "--catalog", path]) == 0
+    assert "revoked at Salesforce and deleted" in capsys.readouterr().out
+    assert not fake.is_token_valid(stored["refresh_token"])
+    assert auth.token_store(load_catalog(path)).load("sf") is None

@@ -33,7 +33,6 @@ INTEGRATION_PREFIX = "ihi_"
 TOKENS_FILE = "tokens.sqlite3"
 MAX_TOKEN_CHARS = 128
 
-POSTGRES_SCHEMA = "integration_hub"  # the tokens' schema in a PostgreSQL catalog database
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bearer_tokens (
     name TEXT PRIMARY KEY,
@@ -113,23 +112,14 @@ class TokenStore:
         return con
 
     def _open_postgres(self) -> Any:
-        from ..core.warehouse import LakeError, postgres_connect
+        from ..core.catalog_database import connect_hub_schema
+        from ..core.warehouse import LakeError
 
         assert self._postgres_dsn is not None
         try:
-            con = postgres_connect(self._postgres_dsn, self.shown, "tokens")
+            return connect_hub_schema(self._postgres_dsn, self.shown, "tokens", _SCHEMA)
         except LakeError as exc:
             raise TokenError(str(exc)) from None
-        con.autocommit = True
-        with con.cursor() as cursor:
-            # Made once, by whichever process comes first (CREATE ... IF NOT EXISTS races otherwise).
-            cursor.execute("BEGIN")
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('integration_hub'), hashtext('tokens'))")
-            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {POSTGRES_SCHEMA}")
-            cursor.execute(f"SET search_path TO {POSTGRES_SCHEMA}")
-            cursor.execute(_SCHEMA)
-            cursor.execute("COMMIT")
-        return con
 
     def _execute(self, sql: str, params: list[Any] | None = None) -> Any:
         """Run one statement (under self._lock). A lost PostgreSQL connection is opened again once,

@@ -69,12 +69,10 @@ def state_locations(catalog: Catalog, dagster: tuple[str, bool] | None) -> list[
         else:
             add("API tokens (hashed)", f"SQLite file {catalog.landing_path / 'tokens.sqlite3'}", False, "")
     if any(isinstance(c, SalesforceConnection) for c in catalog.connections):
-        add(
-            "Salesforce credentials (encrypted)",
-            f"folder {catalog.state_dir / 'salesforce_tokens'}",
-            False,
-            "only a local folder can hold them today, so run the Salesforce integrations on one machine",
-        )
+        if scale_out:  # salesforce.auth.token_store: in the catalog database
+            add("Salesforce credentials (encrypted)", f"{catalog.warehouse_shown}, schema integration_hub", True, "")
+        else:
+            add("Salesforce credentials (encrypted)", f"folder {catalog.state_dir / 'salesforce_tokens'}", False, "")
     if dagster is not None:
         add(
             "Dagster instance (runs, schedules, toggles)",

@@ -138,6 +138,20 @@ def fernet():
         ) from None
 
 
+def decrypt_credentials(encrypted: bytes, connection_name: str, where: str) -> dict[str, Any]:
+    """A stored token's fields; a clear error when the current key cannot decrypt it."""
+    from cryptography.fernet import InvalidToken
+
+    try:
+        return json.loads(fernet().decrypt(encrypted).decode("utf-8"))
+    except (InvalidToken, ValueError):
+        raise SalesforceAuthError(
+            f"the stored token of connection {connection_name!r} ({where}) cannot be decrypted with the "
+            f"current ${SECRET_KEY_ENV} (was the key changed?): run "
+            f"`integration-hub salesforce connect {connection_name}` again"
+        ) from None
+
+
 class TokenStore:
     """Refresh tokens, one encrypted file per connection, readable by this user only."""
 
@@ -166,20 +180,10 @@ class TokenStore:
         return target
 
     def load(self, connection_name: str) -> dict[str, Any] | None:
-        from cryptography.fernet import InvalidToken
-
         path = self.path(connection_name)
         if not path.exists():
             return None
-        cipher = fernet()
-        try:
-            return json.loads(cipher.decrypt(path.read_bytes()).decode("utf-8"))
-        except (InvalidToken, ValueError):
-            raise SalesforceAuthError(
-                f"the stored token of connection {connection_name!r} ({path}) cannot be decrypted with the "
-                f"current ${SECRET_KEY_ENV} (was the key changed?): run "
-                f"`integration-hub salesforce connect {connection_name}` again"
-            ) from None
+        return decrypt_credentials(path.read_bytes(), connection_name, str(path))
 
     def delete(self, connection_name: str) -> bool:
         path = self.path(connection_name)
@@ -189,8 +193,64 @@ class TokenStore:
         return False
 
 
-def token_store(catalog: Catalog) -> TokenStore:
-    """Beside the warehouse (never in DuckDB, never in the repository)."""
+_CREDENTIALS_DDL = """
+CREATE TABLE IF NOT EXISTS salesforce_credentials (
+    connection TEXT PRIMARY KEY,
+    encrypted BYTEA NOT NULL,
+    saved_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"""
+
+
+class DatabaseTokenStore:
+    """Refresh tokens, encrypted as in the file store, in the PostgreSQL catalog database (scale-out),
+    so that a run on any machine can sign in. Same methods as TokenStore; `path` names the row."""
+
+    def __init__(self, dsn: str, shown: str) -> None:
+        self._dsn, self._shown = dsn, shown
+
+    def path(self, connection_name: str) -> str:
+        return f"{self._shown} (integration_hub.salesforce_credentials, {connection_name})"
+
+    def _query(self, sql: str, params: list[Any]) -> Any:
+        from ..core.catalog_database import connect_hub_schema
+        from ..core.warehouse import LakeError
+
+        try:
+            con = connect_hub_schema(self._dsn, self._shown, "salesforce credentials", _CREDENTIALS_DDL)
+        except LakeError as exc:
+            raise SalesforceAuthError(str(exc)) from None
+        try:
+            with con.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchone() if cursor.description else cursor.rowcount
+        finally:
+            con.close()
+
+    def save(self, connection_name: str, data: dict[str, Any]) -> str:
+        token = fernet().encrypt(json.dumps(data).encode("utf-8"))
+        self._query(
+            "INSERT INTO salesforce_credentials (connection, encrypted) VALUES (%s, %s) ON CONFLICT (connection) "
+            "DO UPDATE SET encrypted = excluded.encrypted, saved_at = now()",
+            [connection_name, token],
+        )
+        return self.path(connection_name)
+
+    def load(self, connection_name: str) -> dict[str, Any] | None:
+        row = self._query("SELECT encrypted FROM salesforce_credentials WHERE connection = %s", [connection_name])
+        return None if row is None else decrypt_credentials(bytes(row[0]), connection_name, self.path(connection_name))
+
+    def delete(self, connection_name: str) -> bool:
+        return bool(self._query("DELETE FROM salesforce_credentials WHERE connection = %s", [connection_name]))
+
+
+def token_store(catalog: Catalog) -> TokenStore | DatabaseTokenStore:
+    """Beside the warehouse (never in DuckDB, never in the repository): a folder beside a SQLite
+    catalog, or the PostgreSQL catalog database, which every machine reaches."""
+    if catalog.warehouse.on_postgres:
+        from ..core.warehouse import postgres_dsn
+
+        return DatabaseTokenStore(postgres_dsn(catalog.warehouse.catalog), catalog.warehouse_shown)
     return TokenStore(catalog.state_dir / "salesforce_tokens")
 
 
@@ -335,7 +395,7 @@ def authenticate(catalog: Catalog, connection: SalesforceConnection, session: re
 class ConnectResult:
     instance_url: str
     username: str | None
-    token_file: Path
+    token_file: Path | str  # where the token is kept: a file, or a row of the catalog database
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -511,7 +571,7 @@ def _username(session: requests.Session, tokens: dict[str, Any]) -> str | None:
 class DisconnectResult:
     had_token: bool
     revoked: bool  # False: Salesforce no longer knew the token (already revoked or expired)
-    token_file: Path
+    token_file: Path | str
 
 
 def disconnect(
