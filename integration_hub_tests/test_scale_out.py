@@ -415,3 +415,17 @@ def test_salesforce_credentials_live_encrypted_in_the_catalog_database(
     assert "revoked at Salesforce and deleted" in capsys.readouterr().out
     assert not fake.is_token_valid(stored["refresh_token"])
     assert auth.token_store(load_catalog(path)).load("sf") is None
+
+
+def test_migrate_fills_an_empty_scale_out_lake_and_refuses_a_second_time(scale_out: ScaleOut) -> None:
+    from integration_hub_tests.test_migrate import OLD_TABLES, USERS, old_warehouse
+
+    old = old_warehouse(scale_out.root.parent / "old.duckdb")
+    done = scale_out.command("migrate", str(old), "--json")
+    report = json.loads(done.stdout)
+    assert [r["table"] for r in report] == OLD_TABLES and all(r["hash_ok"] is True for r in report)
+    assert scale_out.sql("SELECT count(*) AS users FROM attributes_crm") == [{"users": USERS}]
+    assert any(key.endswith(".parquet") for key in scale_out.lake_objects())
+    again = scale_out.command("migrate", str(old), check=False)
+    assert again.returncode != 0 and "already holds data" in again.stderr, again.stderr
+    assert f"@127.0.0.1:{scale_out.postgres.port}/{scale_out.database}" in again.stderr
