@@ -300,13 +300,18 @@ API_INTEGRATION: dict[str, Any] = {
 }
 
 
-def test_api_tokens_live_in_the_catalog_database_and_every_replica_refuses_a_revoked_one(scale_out: ScaleOut) -> None:
+def test_api_replicas_share_batches_keys_and_tokens_through_s3_and_postgres(scale_out: ScaleOut) -> None:
+    """Two `integration-hub api` processes: batches land in S3, an Idempotency-Key sent to both at
+    once is one batch, a run from a third process applies them, and a revoked token is refused by both."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import httpx
     import psycopg2
 
     from integration_hub_tests.api_support import ApiServer
 
     scale_out.document["integrations"].append(API_INTEGRATION)
+    scale_out.document["landing"] = {"connection": "lake_bucket", "prefix": "api_landing/"}
     scale_out.catalog_file.write_text(yaml.safe_dump(scale_out.document, sort_keys=False))
     bearer = json.loads(scale_out.command("tokens", "create", "acme", "--json").stdout)["token"]
     integration_token = json.loads(scale_out.command("endpoint", "web", "--json").stdout)["integration_token"]
@@ -316,24 +321,59 @@ def test_api_tokens_live_in_the_catalog_database_and_every_replica_refuses_a_rev
         cursor.execute("SELECT integration FROM integration_hub.integration_tokens")
         assert cursor.fetchall() == [("web",)]
     assert name == "acme" and bearer not in stored and len(stored) == 64, "stored hashed"
-    assert not any(path.endswith("tokens.sqlite3") for path in scale_out.local_files())
 
     catalog = load_catalog(scale_out.catalog_file)
     dagster_home = scale_out.root / "dagster_home"
-    replicas = [ApiServer(catalog, dagster_home, log=scale_out.root / f"replica-{n}.log") for n in (1, 2)]
-    request = {"integration_token": integration_token, "data": [{"userId": "u1", "planTier": "gold"}]}
+    logs = Path(scale_out.root.parent / f"{scale_out.root.name}-logs")
+    logs.mkdir()
+    replicas = [ApiServer(catalog, dagster_home, log=logs / f"replica-{n}.log") for n in (1, 2)]
     headers = {"Authorization": f"Bearer {bearer}"}
+
+    def post(url: str, records: list[dict[str, Any]], key: str | None = None) -> httpx.Response:
+        extra = {"Idempotency-Key": key} if key else {}
+        body = {"integration_token": integration_token, "data": records}
+        return httpx.post(f"{url}/v1/end-users", json=body, headers={**headers, **extra}, timeout=10)
+
+    def post_until_answered(url: str, key: str) -> httpx.Response:
+        while True:  # 409 while the other replica holds the key
+            answer = post(url, [{"userId": "u3", "planTier": "bronze"}], key)
+            if answer.status_code != 409:
+                return answer
+            time.sleep(0.2)
+
     try:
         for replica in replicas:
             replica.start()
-        for replica in replicas:
-            answer = httpx.post(f"{replica.url}/v1/end-users", json=request, headers=headers, timeout=10)
-            assert answer.status_code == 202, answer.text
+        one, two = (replica.url for replica in replicas)
+        first = post(one, [{"userId": "u1", "planTier": "gold"}, {"userId": "u2", "planTier": "free"}])
+        second = post(two, [{"userId": "u1", "planTier": "platinum"}])
+        assert first.status_code == second.status_code == 202, first.text + second.text
+        with ThreadPoolExecutor(2) as pool:
+            keyed = list(pool.map(lambda url: post_until_answered(url, "order-42"), [one, two]))
+        assert [a.status_code for a in keyed] == [202, 202], [a.text for a in keyed]
+        assert keyed[0].json()["batch_id"] == keyed[1].json()["batch_id"], "one batch for one key"
+        assert sorted(a.headers.get("Idempotent-Replayed", "") for a in keyed) == ["", "true"]
+        pending = scale_out.client.list_objects_v2(
+            Bucket=LAKE_BUCKET, Prefix=f"{scale_out.prefix}/api_landing/web/pending/"
+        )
+        assert len([o for o in pending["Contents"] if o["Key"].endswith(".ndjson")]) == 3
+
+        scale_out.command("run", "web")  # a worker: its own process, reading the batches from S3
+        rows = scale_out.sql("SELECT user_id, plan_tier FROM user_profiles ORDER BY user_id")
+        assert rows == [
+            {"user_id": "u1", "plan_tier": "platinum"},
+            {"user_id": "u2", "plan_tier": "free"},
+            {"user_id": "u3", "plan_tier": "bronze"},
+        ]
+        status = httpx.get(f"{one}/v1/batches/{second.json()['batch_id']}", headers=headers, timeout=10).json()
+        assert status["status"] == "applied" and status["rows_applied"] == 1, status
+        assert scale_out.local_files() == set(), "no batch, token or lock on this machine's disk"
+
         scale_out.command("tokens", "revoke", "acme")
         revoked_at = time.monotonic()
         for replica in replicas:
             while True:
-                answer = httpx.post(f"{replica.url}/v1/end-users", json=request, headers=headers, timeout=10)
+                answer = post(replica.url, [{"userId": "u1"}])
                 if answer.status_code == 401 or time.monotonic() - revoked_at > 10:
                     break
                 time.sleep(0.2)
@@ -342,9 +382,20 @@ def test_api_tokens_live_in_the_catalog_database_and_every_replica_refuses_a_rev
         for replica in replicas:
             replica.stop()
 
-    places = {p["state"]: p for p in json.loads(scale_out.command("check", "--json", check=False).stdout)["state"]}
+    report = json.loads(scale_out.command("check", "--json", check=False).stdout)
+    places = {p["state"]: p for p in report["state"]}
     assert places["API tokens (hashed)"]["shared"] and places["API tokens (hashed)"]["problem"] is None
-    assert not places["API landing (accepted batches)"]["shared"] and places["API landing (accepted batches)"]["problem"]
+    landing = places["API landing (accepted batches)"]
+    assert landing["shared"] and landing["location"] == f"s3://{LAKE_BUCKET}/{scale_out.prefix}/api_landing/"
+
+
+def test_a_local_api_landing_with_a_postgres_catalog_fails_the_check_with_the_setting(scale_out: ScaleOut) -> None:
+    scale_out.document["integrations"].append(API_INTEGRATION)
+    scale_out.catalog_file.write_text(yaml.safe_dump(scale_out.document, sort_keys=False))
+    done = scale_out.command("check", "--json", check=False)
+    landing = {p["state"]: p for p in json.loads(done.stdout)["state"]}["API landing (accepted batches)"]
+    assert done.returncode == 1 and not landing["shared"]
+    assert "landing: {connection:" in landing["problem"]
 
 
 def test_a_large_source_rewrite_and_maintenance_work_on_the_s3_lake(

@@ -31,7 +31,7 @@ from ..core.catalog import ApiIntegration
 from ..core.ingest import ROW_SOURCE_COLUMN, RunRecord, apply_source, new_run_id, now_utc, record_failure
 from ..core.sql import ident, literal
 from ..core.warehouse import ensure_bookkeeping, transaction
-from .batches import DATA_SUFFIX, BatchStore, utc_now_iso
+from .batches import DATA_SUFFIX, AnyBatchStore, utc_now_iso
 
 log = logging.getLogger(__name__)
 RUN_BUDGET_SECONDS = 300.0  # a run keeps applying newly landed batches for at most this long
@@ -108,14 +108,11 @@ def _run_outcome(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     }
 
 
-def _groups(store: BatchStore, integration: str, batch_ids: list[str]) -> Iterator[list[tuple[str, int]]]:
+def _groups(batches: dict[str, int]) -> Iterator[list[tuple[str, int]]]:
+    """Consecutive batches (id -> size), cut at MAX_GROUP_BATCHES or MAX_GROUP_BYTES."""
     group: list[tuple[str, int]] = []
     size = 0
-    for batch_id in batch_ids:
-        try:
-            batch_size = (store.folder(integration) / f"{batch_id}{DATA_SUFFIX}").stat().st_size
-        except FileNotFoundError:
-            continue  # another run applied it meanwhile
+    for batch_id, batch_size in batches.items():
         if group and (len(group) >= MAX_GROUP_BATCHES or size + batch_size > MAX_GROUP_BYTES):
             yield group
             group, size = [], 0
@@ -126,7 +123,7 @@ def _groups(store: BatchStore, integration: str, batch_ids: list[str]) -> Iterat
 
 
 def _finish_all(
-    store: BatchStore,
+    store: AnyBatchStore,
     integration: ApiIntegration,
     batches: list[str],
     statuses: dict[str, dict[str, Any]],
@@ -145,7 +142,7 @@ def _finish_all(
 
 def apply_group(
     con: duckdb.DuckDBPyConnection,
-    store: BatchStore,
+    store: AnyBatchStore,
     integration: ApiIntegration,
     group: list[tuple[str, int]],
     dagster_run_id: str | None = None,
@@ -153,7 +150,7 @@ def apply_group(
     """Apply consecutive pending batches as one source; returns the runs recorded."""
     name = integration.name
     batch_ids = [b for b, _ in group]
-    paths = [str(store.folder(name) / f"{b}{DATA_SUFFIX}") for b in batch_ids]
+    paths = [store.data_url(name, b) for b in batch_ids]
     size = sum(s for _, s in group)
     statuses = {b: store.accepted_status(name, b) for b in batch_ids}
     source = batch_ids[0] if len(batch_ids) == 1 else f"{batch_ids[0]}..{batch_ids[-1]}"
@@ -222,7 +219,7 @@ def apply_group(
 
 def apply_pending(
     con: duckdb.DuckDBPyConnection,
-    store: BatchStore,
+    store: AnyBatchStore,
     integration: ApiIntegration,
     dagster_run_id: str | None = None,
     budget_seconds: float = RUN_BUDGET_SECONDS,
@@ -232,10 +229,12 @@ def apply_pending(
     name = integration.name
     deadline = time.monotonic() + budget_seconds
     ensure_bookkeeping(con)
+    store.prepare_reading(con)
     runs: list[RunRecord] = []
     seen: set[str] = set()
     while True:
-        pending = [b for b in store.pending_batch_ids(name) if b not in seen]
+        sizes = {b: size for b, size in store.pending_batches(name).items() if b not in seen}
+        pending = list(sizes)
         if not pending:
             break
         seen.update(pending)
@@ -247,7 +246,7 @@ def apply_pending(
             outcome = _run_outcome(con, run_id)
             _finish_all(store, integration, batch_ids, {}, outcome, failed=status == "failed")
             log.info("%d batch(es) already applied by run %s: moved out of pending/", len(batch_ids), run_id)
-        for group in _groups(store, name, [b for b in pending if b not in recorded]):
+        for group in _groups({b: size for b, size in sizes.items() if b not in recorded}):
             for run in apply_group(con, store, integration, group, dagster_run_id):
                 runs.append(run)
                 if on_run is not None:

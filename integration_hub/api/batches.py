@@ -22,6 +22,7 @@ makes later batches win.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -33,7 +34,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from ..core.catalog import Catalog
+    from .s3_batches import S3BatchStore
 
 PENDING, APPLIED, FAILED = "pending", "applied", "failed"
 DATA_SUFFIX, STATUS_SUFFIX = ".ndjson", ".json"
@@ -104,6 +111,27 @@ def _dumps(document: dict[str, Any]) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def idempotency_hash(namespace: str, key: str) -> str:
+    """The name a key is stored under: its bearer token's namespace and the key, hashed."""
+    return hashlib.sha256(f"{namespace}\0{key}".encode()).hexdigest()
+
+
+class IdempotencyBusy(Exception):
+    """Another request with the same Idempotency-Key is being processed right now."""
+
+
+AnyBatchStore: TypeAlias = "BatchStore | S3BatchStore"  # the landing stores, which share their methods
+
+
+def batch_store(catalog: Catalog) -> BatchStore | S3BatchStore:
+    """The catalog's landing store: a local folder (the embedded default), or S3 (scale-out)."""
+    if catalog.landing_on_s3:
+        from .s3_batches import S3BatchStore
+
+        return S3BatchStore.of(catalog)
+    return BatchStore(catalog.landing_path)
+
+
 @dataclass(frozen=True)
 class BatchLocation:
     integration: str
@@ -117,10 +145,26 @@ class BatchStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.description = f"folder {self.root}"
 
     # -- folders ----------------------------------------------------------------
     def folder(self, integration: str, state: str = PENDING) -> Path:
         return self.root / integration / state
+
+    def location(self, integration: str) -> str:
+        return f"{self.folder(integration)}/"
+
+    def data_url(self, integration: str, batch_id: str) -> str:
+        return str(self.folder(integration) / f"{batch_id}{DATA_SUFFIX}")
+
+    def prepare_reading(self, con: duckdb.DuckDBPyConnection) -> None:
+        """DuckDB reads the local batch files as they are."""
+
+    def problem(self) -> str | None:
+        """Why batches cannot be stored right now (for /healthz), or None."""
+        if os.access(self.root, os.W_OK):
+            return None
+        return f"the landing folder {self.root} is not writable: check its permissions and free space"
 
     def ensure_folders(self, integration: str) -> None:
         created = False
@@ -175,10 +219,6 @@ class BatchStore:
     def idempotency_folder(self) -> Path:
         return self.root / IDEMPOTENCY_DIR
 
-    @staticmethod
-    def idempotency_hash(namespace: str, key: str) -> str:
-        return hashlib.sha256(f"{namespace}\0{key}".encode()).hexdigest()
-
     def write_idempotency(self, key_hash: str, record: dict[str, Any]) -> None:
         folder = self.idempotency_folder
         if not folder.is_dir():
@@ -186,10 +226,20 @@ class BatchStore:
             fsync_dir(self.root)
         write_durably(folder / f"{key_hash}.json", _dumps(record))
 
-    def idempotency_lock_path(self, key_hash: str) -> Path:
+    @contextlib.contextmanager
+    def claim_idempotency(self, key_hash: str) -> Iterator[dict[str, Any] | None]:
+        """Hold the key (IdempotencyBusy if another request does) and give its first answer, if any.
+
+        The hold is a lock on a file beside the key's record: one machine, any number of processes.
+        """
         folder = self.idempotency_folder
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return folder / f"{key_hash}.lock"
+        with open(folder / f"{key_hash}.lock", "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise IdempotencyBusy() from None
+            yield self.idempotent_answer(key_hash)
 
     def idempotent_answer(self, key_hash: str) -> dict[str, Any] | None:
         """The stored first answer for a key, if it is within the window and its batch exists."""
@@ -231,6 +281,14 @@ class BatchStore:
         except FileNotFoundError:
             return []
         return sorted(i for i in ids if BATCH_ID.match(i))
+
+    def pending_batches(self, integration: str) -> dict[str, int]:
+        """Landed, not yet applied batches and their sizes in bytes, oldest first."""
+        found = {}
+        for batch_id in self.pending_batch_ids(integration):
+            with contextlib.suppress(FileNotFoundError):  # applied by another run meanwhile
+                found[batch_id] = (self.folder(integration) / f"{batch_id}{DATA_SUFFIX}").stat().st_size
+        return found
 
     def locate(self, batch_id: str, integrations: list[str]) -> BatchLocation | None:
         if not BATCH_ID.match(batch_id):

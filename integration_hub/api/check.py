@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ..core.catalog import ApiIntegration, Catalog
-from .batches import BatchStore, batch_time
+from .batches import BatchStore, batch_store, batch_time
 from .tokens import token_store
 
 
@@ -24,20 +24,27 @@ class CheckOutcome:
 
 
 def check_api_integration(catalog: Catalog, integration: ApiIntegration) -> list[CheckOutcome]:
-    """The landing folder is writable and the integration has a token; how much is waiting."""
-    landing = catalog.landing_path
-    probe = landing
-    while not probe.exists() and probe != probe.parent:  # created on first use: its nearest folder
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        return [
-            CheckOutcome(
-                integration.name,
-                False,
-                f"the landing folder {landing} is not writable: the API could not store batches; "
-                "fix its permissions or set `landing:` in the catalog",
-            )
-        ]
+    """The landing store is writable and the integration has a token; how much is waiting."""
+    store = batch_store(catalog)
+    if isinstance(store, BatchStore):
+        landing = store.root
+        probe = landing
+        while not probe.exists() and probe != probe.parent:  # created on first use: its nearest folder
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            return [
+                CheckOutcome(
+                    integration.name,
+                    False,
+                    f"the landing folder {landing} is not writable: the API could not store batches; "
+                    "fix its permissions or set `landing:` in the catalog",
+                )
+            ]
+    else:
+        try:
+            store.probe_write()
+        except OSError as exc:
+            return [CheckOutcome(integration.name, False, f"the API landing {store.description}: {exc.strerror}")]
     with token_store(catalog) as tokens:
         issued = tokens.integration_token_issued(integration.name)
     if issued is None:
@@ -48,23 +55,23 @@ def check_api_integration(catalog: Catalog, integration: ApiIntegration) -> list
                 f"no integration token yet: issue one with integration-hub endpoint {integration.name}",
             )
         ]
-    pending = BatchStore(landing).pending_batch_ids(integration.name)
+    pending = store.pending_batch_ids(integration.name)
     waiting = f"{len(pending)} batch(es) waiting to be applied" if pending else "no batch waiting"
     if pending:
         waiting += f" (oldest accepted {batch_time(pending[0]).strftime('%Y-%m-%d %H:%M:%S')} UTC)"
     return [
         CheckOutcome(
-            integration.name, True, f"landing folder {landing} is writable; token issued {issued}; {waiting}"
+            integration.name, True, f"landing {store.description} is writable; token issued {issued}; {waiting}"
         )
     ]
 
 
 def dry_run_api_integration(catalog: Catalog, integration: ApiIntegration, args: argparse.Namespace) -> int:
     """What a run would apply; changes nothing."""
-    store = BatchStore(catalog.landing_path)
+    store = batch_store(catalog)
     pending = store.pending_batch_ids(integration.name)
     if not pending:
-        print(f"{integration.name}: no pending batches in {store.folder(integration.name)}/")
+        print(f"{integration.name}: no pending batches in {store.location(integration.name)}")
         return 0
     for batch_id in pending:
         status = store.accepted_status(integration.name, batch_id)

@@ -20,7 +20,7 @@ from ..core.catalog import ApiIntegration, Catalog
 from ..core.state import job_name
 from ..core.warehouse import WarehouseResource, ensure_schema
 from .applying import apply_pending
-from .batches import BatchStore
+from .batches import batch_store
 
 RETRY_SECONDS = 60  # the same batches still pending after a finished run: ask again after this long
 IN_PROGRESS = [
@@ -61,8 +61,8 @@ def sensor_decision(
 
 def build_api_integration(catalog: Catalog, integration: ApiIntegration) -> dg.Definitions:
     name = integration.name
-    store = BatchStore(catalog.landing_path)
-    location = f"{store.folder(name)}/"
+    store = batch_store(catalog)
+    location = store.location(name)
     source_key = batches_key(integration)
     table_key = attributes_key(name)
 

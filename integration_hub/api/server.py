@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import hashlib
 import json
@@ -43,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..core.catalog import CATALOG_ENV, ApiIntegration, Catalog, CatalogError, load_catalog
-from .batches import BatchStore, new_batch_id, utc_now_iso
+from .batches import IdempotencyBusy, batch_store, idempotency_hash, new_batch_id, utc_now_iso
 from .document import MAX_JSON_DEPTH, DocumentRefused, parse_document, shown_key
 from .openapi import BATCH_ID_PATTERN, request_schema
 from .openapi import finish as finish_openapi
@@ -131,10 +130,11 @@ class Hub:
         self.mappings: dict[str, CompiledMapping] = {
             n: compile_mapping(i) for n, i in self.integrations.items()
         }
-        landing = catalog.landing_path
-        if getattr(self, "batches", None) is None or self.batches.root != landing:
-            landing.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.batches = BatchStore(landing)
+        if getattr(self, "landing", None) != catalog.landing:
+            if not catalog.landing_on_s3:
+                catalog.landing_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.landing = catalog.landing
+            self.batches = batch_store(catalog)
             self.tokens = token_store(catalog)
         for name, integration in self.integrations.items():
             self.enabled.setdefault(name, integration.enabled)
@@ -269,6 +269,7 @@ def _instigator_states(catalog: Catalog) -> Any | None:
     database = home / "schedules" / "schedules.db"
     if not _stamped(database):
         return None
+    # No public API opens only the schedule storage; DagsterInstance.get() would create every storage (the race above).
     from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
 
     return SimpleNamespace(schedule_storage=SqliteScheduleStorage.from_local(str(database.parent)))
@@ -330,32 +331,30 @@ async def post_end_users(request: Request) -> Response:
         return error(400, "client_disconnected", "the client went away before the body was complete")
     if key is None:
         return await _process(hub, body, None)
-    key_hash = hub.batches.idempotency_hash(bearer, key)
+    key_hash = idempotency_hash(bearer, key)
     request_sha = hashlib.sha256(body).hexdigest()  # decompressed: gzip or not, the same request
-    lock = open(hub.batches.idempotency_lock_path(key_hash), "a+b")  # noqa: SIM115 - released below
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return error(
-                409,
-                "idempotency_key_in_use",
-                "a request with this Idempotency-Key is still being processed: retry in a moment",
-                {"Retry-After": "1"},
-            )
-        first = hub.batches.idempotent_answer(key_hash)
-        if first is not None:
-            if first.get("request_sha256") != request_sha:
-                return error(
-                    422,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was already used with a different body in the last 24 h: "
-                    "use a new key for a new request",
-                )
-            return json_response(first["status_code"], first["body"], {"Idempotent-Replayed": "true"})
-        return await _process(hub, body, (key_hash, request_sha))
-    finally:
-        lock.close()
+        # Across replicas (S3 landing) or processes (a local folder), one request per key at a time.
+        with hub.batches.claim_idempotency(key_hash) as first:
+            if first is not None:
+                if first.get("request_sha256") != request_sha:
+                    return error(
+                        422,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was already used with a different body in the last 24 h: "
+                        "use a new key for a new request",
+                    )
+                return json_response(first["status_code"], first["body"], {"Idempotent-Replayed": "true"})
+            return await _process(hub, body, (key_hash, request_sha))
+    except IdempotencyBusy:
+        return error(
+            409,
+            "idempotency_key_in_use",
+            "a request with this Idempotency-Key is still being processed: retry in a moment",
+            {"Retry-After": "1"},
+        )
+    except OSError as exc:  # the key's claim or record could not be read or written
+        return _storage_unavailable(exc)
 
 
 @dataclass
@@ -451,14 +450,18 @@ async def _process(hub: Hub, body: bytes, idempotency: tuple[str, str] | None) -
         )
     except OSError as exc:
         log.error("could not land batch %s for %s: %s", prepared.batch_id, name, exc)
-        return error(
-            503,
-            "storage_unavailable",
-            f"the records could not be stored durably ({exc.strerror or type(exc).__name__}): "
-            "nothing was accepted; retry later",
-            {"Retry-After": "5"},
-        )
+        return _storage_unavailable(exc)
     return json_response(202, prepared.answer)
+
+
+def _storage_unavailable(exc: OSError) -> Response:
+    return error(
+        503,
+        "storage_unavailable",
+        f"the records could not be stored durably ({exc.strerror or type(exc).__name__}): "
+        "nothing was accepted; retry later",
+        {"Retry-After": "5"},
+    )
 
 
 async def get_batch(request: Request) -> Response:
@@ -483,13 +486,13 @@ async def get_batch(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     hub: Hub = request.app.state.hub
-    if os.access(hub.batches.root, os.W_OK):
+    problem = await run_in_threadpool(hub.batches.problem)
+    if problem is None:
         return json_response(200, {"status": "ok", "integrations": len(hub.integrations)})
     return error(
         503,
         "landing_not_writable",
-        f"the landing folder {hub.batches.root} is not writable: requests cannot be stored; "
-        "check its permissions and free space",
+        f"requests cannot be stored: {problem}",
         status="degraded",
         integrations=len(hub.integrations),
     )
@@ -560,7 +563,7 @@ def create_app(
             "%s requests/s per token",
             len(hub.integrations),
             ", ".join(hub.integrations) or "none",
-            hub.batches.root,
+            hub.batches.description,
             f"{settings.max_body_bytes:,}",
             f"{settings.max_records:,}",
             f"{settings.rate_limit:g}" if settings.rate_limit > 0 else "unlimited",

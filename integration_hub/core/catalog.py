@@ -441,11 +441,24 @@ class WarehouseSettings(_Model):
         return self.data_path.startswith("s3://")
 
 
+class S3ApiLanding(_Model):
+    """Accepted API batches in an S3 bucket (scale-out): every API replica and run worker sees them."""
+
+    connection: str  # an s3 connection: its bucket, endpoint and credentials
+    prefix: str = "api_landing"  # under the connection's own prefix
+
+    @field_validator("prefix")
+    @classmethod
+    def _normalise_prefix(cls, value: str) -> str:
+        return value.strip("/")
+
+
 class Catalog(_Model):
     """The whole catalog file."""
 
     warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
-    landing: str = "data/api_landing"  # durable store of accepted API batches
+    # The durable store of accepted API batches: a local folder (the embedded default) or S3.
+    landing: str | S3ApiLanding = "data/api_landing"
     max_attributes: int = Field(default=100, ge=1, le=100)
     connections: list[Connection] = Field(default_factory=list)
     integrations: list[Integration] = Field(default_factory=list)
@@ -523,8 +536,26 @@ class Catalog(_Model):
         return self.warehouse_catalog_path.parent
 
     @property
+    def landing_on_s3(self) -> bool:
+        return isinstance(self.landing, S3ApiLanding)
+
+    @property
     def landing_path(self) -> Path:
+        """The local landing folder; with an S3 landing, the folder that keeps what stays local
+        (the API tokens of an embedded warehouse)."""
+        if isinstance(self.landing, S3ApiLanding):
+            return self.state_dir / "api"
         return self.resolve_path(self.landing)
+
+    @property
+    def landing_shown(self) -> str:
+        """Where accepted API batches are, as messages name it."""
+        if isinstance(self.landing, S3ApiLanding):
+            connection = self.connection(self.landing.connection)
+            assert isinstance(connection, S3Connection)
+            prefix = "/".join(p for p in (connection.prefix, self.landing.prefix) if p)
+            return f"s3://{connection.bucket}/{prefix}/" if prefix else f"s3://{connection.bucket}/"
+        return f"folder {self.landing_path}"
 
 
 # ---------------------------------------------------------------------------- loading
@@ -863,6 +894,7 @@ def semantic_problems(catalog: Catalog) -> Iterable[str]:
             if count > 1:
                 yield f"{section} {name!r} is declared {count} times: names must be unique; rename one"
 
+    # dagster exports no cron validator; dg.ScheduleDefinition runs this one but needs a job, raises, warns.
     from dagster._utils.schedules import is_valid_cron_string
 
     if not is_valid_cron_string(catalog.warehouse.maintenance_schedule):
@@ -873,6 +905,14 @@ def semantic_problems(catalog: Catalog) -> Iterable[str]:
 
     connections = {c.name: c for c in catalog.connections}
     yield from warehouse_problems(catalog.warehouse, connections)
+    if isinstance(catalog.landing, S3ApiLanding):
+        name = catalog.landing.connection
+        if not isinstance(connections.get(name), S3Connection):
+            what = "is not an s3 connection" if name in connections else "is not a connection in this catalog"
+            yield (
+                f"landing field 'connection' {name!r} {what}: API batches land in S3 through an s3 connection; "
+                "name one, or write `landing: data/api_landing` for a local folder"
+            )
     reports = {r.name for r in catalog.reports}
     folders: list[tuple[tuple[str, ...], str]] = []
     property_owner: dict[str, str] = {}

@@ -59,11 +59,12 @@ def state_locations(catalog: Catalog, dagster: tuple[str, bool] | None) -> list[
         "set warehouse.data_path to s3://BUCKET/PREFIX/ and warehouse.data_connection to an s3 connection",
     )
     if any(i.type == "api" for i in catalog.integrations):
-        not_yet = (
-            "only a local folder can hold accepted batches today, so run the API and its integrations with "
-            "an embedded (SQLite) warehouse, or remove the api integrations from this catalog"
+        add(
+            "API landing (accepted batches)",
+            catalog.landing_shown,
+            catalog.landing_on_s3,
+            "set `landing: {connection: BUCKET_CONNECTION, prefix: api_landing/}` with an s3 connection",
         )
-        add("API landing (accepted batches)", f"folder {catalog.landing_path}", False, not_yet)
         if scale_out:  # api.tokens.token_store: in the catalog database
             add("API tokens (hashed)", f"{catalog.warehouse_shown}, schema integration_hub", True, "")
         else:

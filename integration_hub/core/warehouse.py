@@ -149,18 +149,24 @@ class S3DataAccess:
             retries=connection.max_retries,
         )
 
-    def setup(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Give `con` this access: a temporary (in-memory) secret, and the connection's timeouts."""
+    def setup(self, con: duckdb.DuckDBPyConnection, name: str = "lake_data", scope: str | None = None) -> None:
+        """Give `con` this access: a temporary (in-memory) secret, and the connection's timeouts.
+
+        With `scope` (an s3:// prefix) the secret serves only URLs under it: DuckDB picks the
+        secret with the longest matching scope, so the lake's and the API landing's can differ.
+        """
         options = ["TYPE s3"]
-        for name, value in (
+        for option, value in (
             ("KEY_ID", self.key_id), ("SECRET", self.secret), ("SESSION_TOKEN", self.session_token),
             ("REGION", self.region), ("ENDPOINT", self.endpoint),
         ):
             if value:
-                options.append(f"{name} {literal(value)}")
+                options.append(f"{option} {literal(value)}")
         if self.endpoint:
             options += ["URL_STYLE 'path'", f"USE_SSL {'true' if self.use_ssl else 'false'}"]
-        con.execute(f"CREATE OR REPLACE TEMPORARY SECRET lake_data ({', '.join(options)})")
+        if scope:
+            options.append(f"SCOPE {literal(scope)}")
+        con.execute(f"CREATE OR REPLACE TEMPORARY SECRET {ident(name)} ({', '.join(options)})")
         con.execute(f"SET http_timeout = {max(1, round(self.timeout_seconds))}")
         con.execute(f"SET http_retries = {self.retries}")
 
