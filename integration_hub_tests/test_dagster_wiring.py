@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+
+# dagster does not export InstigatorStatus, what the UI toggle stores in the instance.
 from dagster._core.scheduler.instigation import InstigatorStatus
 
 from integration_hub.core.state import dagster_instance, is_enabled, set_enabled

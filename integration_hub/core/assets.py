@@ -5,6 +5,8 @@ from collections.abc import Callable, Sequence
 
 import dagster as dg
 import duckdb
+
+# dagster does not export the type dg.define_asset_job returns (used here only in annotations).
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from .catalog import Catalog, FileExportIntegration, InboundIntegration, Integration, SalesforceIntegration

@@ -77,6 +77,7 @@ def dagster_instance(catalog: Catalog | None = None) -> Iterator[object]:
 
 
 def _selector_id(name: str) -> str:
+    # dagster exports no sensor/schedule selector (only Job/Repository/...Selector); its id keys the state.
     from dagster._core.definitions.selector import InstigatorSelector
 
     return InstigatorSelector(location_name=LOCATION_NAME, repository_name=REPOSITORY_NAME, name=name).get_id()
@@ -84,6 +85,7 @@ def _selector_id(name: str) -> str:
 
 def is_enabled(instance, integration: Integration) -> bool:
     """The effective state: what was toggled last, else the catalog's default."""
+    # InstigatorStatus is not exported; dg.DefaultSensorStatus lacks its DECLARED_IN_CODE (never toggled).
     from dagster._core.scheduler.instigation import InstigatorStatus
 
     for name in (sensor_name(integration), schedule_name(integration)):
@@ -97,6 +99,7 @@ def is_enabled(instance, integration: Integration) -> bool:
 
 def set_enabled(instance, integration: Integration, enabled: bool) -> list[str]:
     """Start or stop the integration's sensor and schedule, as the UI toggles do."""
+    # No public API loads a code location (both imports) for the RemoteSensor/Schedule instance.start_* takes.
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
