@@ -95,6 +95,21 @@ def test_sensor_requests_a_run_for_landed_batches(catalog: Catalog) -> None:
         assert not again.run_requests  # same batches, run just requested: no duplicate run
 
 
+def test_a_run_left_started_by_a_dead_worker_does_not_hold_up_the_batches(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from integration_hub.api import factory
+
+    sensor = build_definitions(catalog).resolve_sensor_def("web_sensor")
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_run(dg.DagsterRun(job_name="web_job", status=dg.DagsterRunStatus.STARTED))
+        land(catalog, {"userId": "u1", "planTier": "gold"})
+        assert not sensor(dg.build_sensor_context(instance=instance)).run_requests, "a run is applying"
+        # The same run, its status unchanged for longer than a run can take: its worker died.
+        monkeypatch.setattr(factory, "STALE_RUN_SECONDS", -60)
+        assert len(sensor(dg.build_sensor_context(instance=instance)).run_requests) == 1
+
+
 @pytest.mark.parametrize("together", [True, False], ids=["one-run", "run-per-batch"])
 def test_later_batches_win_and_users_are_never_deleted(catalog: Catalog, together: bool) -> None:
     batches = [

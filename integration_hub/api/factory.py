@@ -3,6 +3,7 @@
 import hashlib
 import json
 import time
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
@@ -19,10 +20,13 @@ from ..core.assets import (
 from ..core.catalog import ApiIntegration, Catalog
 from ..core.state import job_name
 from ..core.warehouse import WarehouseResource, ensure_schema
-from .applying import apply_pending
+from .applying import RUN_BUDGET_SECONDS, apply_pending
 from .batches import batch_store
 
 RETRY_SECONDS = 60  # the same batches still pending after a finished run: ask again after this long
+# A run applies for at most RUN_BUDGET_SECONDS: one whose status has not changed for this long
+# died with its worker (a killed host leaves it STARTED) and must not hold up the batches.
+STALE_RUN_SECONDS = RUN_BUDGET_SECONDS + 600
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -104,8 +108,9 @@ def build_api_integration(catalog: Catalog, integration: ApiIntegration) -> dg.D
         pending = store.pending_batch_ids(name)
         active = 0
         if pending:
+            recent = datetime.now(timezone.utc) - timedelta(seconds=STALE_RUN_SECONDS)
             active = context.instance.get_runs_count(
-                dg.RunsFilter(job_name=job_name(integration), statuses=IN_PROGRESS)
+                dg.RunsFilter(job_name=job_name(integration), statuses=IN_PROGRESS, updated_after=recent)
             )
         run_key, cursor, reason = sensor_decision(pending, active, context.cursor, time.time())
         if run_key is None:
