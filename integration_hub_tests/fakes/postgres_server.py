@@ -11,6 +11,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -125,7 +126,9 @@ class PostgresServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._process is not None:
-            self._process.terminate()  # smart shutdown would wait for clients; SIGTERM is fast enough
+            # SIGINT is PostgreSQL's fast shutdown: it ends client sessions (a test process's reader
+            # may still hold one). SIGTERM, its smart shutdown, would wait for them to go.
+            self._process.send_signal(signal.SIGINT)
             try:
                 self._process.wait(timeout=20)
             except subprocess.TimeoutExpired:
