@@ -14,6 +14,7 @@ from integration_hub_tests.fakes.azurite import AzuriteServer
 from integration_hub_tests.fakes.moto_server import MotoServer
 from integration_hub_tests.fakes.postgres_server import PostgresServer
 from integration_hub_tests.fakes.salesforce import FakeSalesforce
+from integration_hub_tests.scale_out_support import PASSWORD_VARIABLE, ScaleOut
 from integration_hub_tests.support import BUCKET, PREFIX, Landing, local_landing_at
 
 
@@ -94,6 +95,13 @@ def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server (one per test process); tests take a database each (`new_database`)."""
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture
+def scale_out(tmp_path: Path, postgres: PostgresServer, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> ScaleOut:
+    """A project whose lake is a PostgreSQL catalog + S3 data, with a database and prefixes of its own."""
+    monkeypatch.setenv(PASSWORD_VARIABLE, postgres.password)
+    return ScaleOut(tmp_path, postgres, moto_server)
 
 
 @pytest.fixture(scope="module")

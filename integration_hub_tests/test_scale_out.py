@@ -8,7 +8,6 @@ lake is on local disk.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,94 +20,14 @@ import yaml
 
 from integration_hub.core.catalog import load_catalog
 from integration_hub.core.warehouse import Lake, LakeError, WarehouseBusyError, open_reader
-from integration_hub_tests.fakes.moto_server import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, MotoServer
-from integration_hub_tests.fakes.postgres_server import PostgresServer
-
-LAKE_BUCKET = "acme-lake"
-INBOUND_BUCKET = "acme-inbound"
-PASSWORD_VARIABLE = "IHUB_TEST_PG_PASSWORD"
-HEADER = "email,Plan Tier,tickets\n"
-
-
-def integration(name: str, folder: str) -> dict[str, Any]:
-    return {
-        "name": name, "type": "s3_csv", "connection": "inbound", "folder": folder, "user_id_column": "email",
-        "properties": [
-            {"column": "Plan Tier", "name": f"{name}_plan", "type": "string"},
-            {"column": "tickets", "name": f"{name}_tickets", "type": "number"},
-        ],
-    }
-
-
-class ScaleOut:
-    """A project folder whose catalog puts the lake on PostgreSQL + S3, and runs commands from it."""
-
-    def __init__(self, root: Path, postgres: PostgresServer, s3: MotoServer) -> None:
-        self.root, self.postgres, self.s3 = root, postgres, s3
-        self.database = postgres.new_database()
-        self.client = s3.client()
-        for bucket in (LAKE_BUCKET, INBOUND_BUCKET):
-            try:
-                self.client.create_bucket(Bucket=bucket)
-            except self.client.exceptions.BucketAlreadyOwnedByYou:
-                pass
-        self.prefix = f"t{self.database[-8:]}"  # one lake and one landing prefix per test
-        connection = {
-            "type": "s3", "region": "us-east-1", "endpoint_url": s3.endpoint_url,
-            "access_key_id": FAKE_ACCESS_KEY_ID, "secret_access_key": FAKE_SECRET_ACCESS_KEY,
-        }
-        self.document: dict[str, Any] = {
-            "warehouse": {
-                "catalog": postgres.url(self.database, password="${" + PASSWORD_VARIABLE + "}"),
-                "data_path": f"s3://{LAKE_BUCKET}/{self.prefix}/lake/",
-                "data_connection": "lake_bucket",
-            },
-            "connections": [
-                {"name": "lake_bucket", "bucket": LAKE_BUCKET, "prefix": self.prefix, **connection},
-                {"name": "inbound", "bucket": INBOUND_BUCKET, "prefix": self.prefix, **connection},
-            ],
-            "integrations": [integration("crm", "crm"), integration("billing", "billing")],
-        }
-        self.catalog_file = root / "integrations.yaml"
-        self.catalog_file.write_text(yaml.safe_dump(self.document, sort_keys=False))
-        self.env = {
-            **os.environ, PASSWORD_VARIABLE: postgres.password, "DAGSTER_HOME": str(root / "dagster_home"),
-            "INTEGRATION_HUB_CATALOG": str(self.catalog_file),
-        }
-        (root / "dagster_home").mkdir()
-
-    def put(self, key: str, body: str) -> None:
-        self.client.put_object(Bucket=INBOUND_BUCKET, Key=f"{self.prefix}/{key}", Body=body.encode())
-
-    def command(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "integration_hub.cli.main", *args], cwd=self.root, env=self.env,
-            capture_output=True, text=True, timeout=300,
-        )
-        assert self.postgres.password not in done.stdout + done.stderr, "the catalog's password was shown"
-        if check:
-            assert done.returncode == 0, done.stdout + done.stderr
-        return done
-
-    def sql(self, query: str) -> list[dict[str, Any]]:
-        return json.loads(self.command("sql", query, "--json").stdout)
-
-    def lake_objects(self) -> list[str]:
-        listed = self.client.list_objects_v2(Bucket=LAKE_BUCKET, Prefix=f"{self.prefix}/lake/")
-        return [item["Key"] for item in listed.get("Contents", [])]
-
-    def local_files(self) -> set[str]:
-        skip = {"integrations.yaml"}
-        return {
-            str(path.relative_to(self.root)) for path in self.root.rglob("*")
-            if path.is_file() and "dagster_home" not in path.parts and path.name not in skip
-        }
-
-
-@pytest.fixture
-def scale_out(tmp_path: Path, postgres: PostgresServer, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> ScaleOut:
-    monkeypatch.setenv(PASSWORD_VARIABLE, postgres.password)
-    return ScaleOut(tmp_path, postgres, moto_server)
+from integration_hub_tests.fakes.moto_server import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
+from integration_hub_tests.scale_out_support import (
+    HEADER,
+    LAKE_BUCKET,
+    PASSWORD_VARIABLE,
+    ScaleOut,
+    dagster_on_postgres,
+)
 
 
 def test_a_csv_run_writes_the_lake_into_postgres_and_s3_and_nothing_on_local_disk(scale_out: ScaleOut) -> None:
@@ -248,18 +167,6 @@ def test_a_postgres_catalog_needs_its_data_in_s3(scale_out: ScaleOut) -> None:
     assert "data_path" in done.stderr and "s3://BUCKET/PREFIX/" in done.stderr, done.stderr
 
 
-def dagster_on_postgres(scale_out: ScaleOut) -> None:
-    """$DAGSTER_HOME/dagster.yaml with dagster-postgres storage (the driver named: see docs/deploy.md)."""
-    database = scale_out.postgres.new_database("dagster")
-    scale_out.env["DAGSTER_PG_URL"] = (
-        f"postgresql+psycopg2://hub:{scale_out.postgres.password}@127.0.0.1:{scale_out.postgres.port}/{database}"
-    )
-    from integration_hub.core.state import DAGSTER_YAML
-
-    config = {**yaml.safe_load(DAGSTER_YAML), "storage": {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}}
-    (scale_out.root / "dagster_home" / "dagster.yaml").write_text(yaml.safe_dump(config))
-
-
 def test_check_lists_where_state_lives_and_fails_on_a_local_dagster_instance(scale_out: ScaleOut) -> None:
     done = scale_out.command("check", "--json", check=False)
     report = json.loads(done.stdout)
@@ -287,6 +194,8 @@ def test_toggles_the_management_table_and_runs_work_with_dagster_on_postgres(sca
     table = {row["name"]: row for row in json.loads(scale_out.command("integrations", "--json").stdout)}
     assert table["crm"]["enabled"] is True and table["crm"]["last_run_status"] == "success", table["crm"]
     assert scale_out.local_files() == set()
+    home = {path.name for path in (scale_out.root / "dagster_home").iterdir()}
+    assert home == {"dagster.yaml"}, f"no lock file, no SQLite storage beside Dagster's config: {home}"
     import psycopg2
 
     with psycopg2.connect(scale_out.env["DAGSTER_PG_URL"].replace("+psycopg2", "")) as db, db.cursor() as cursor:

@@ -230,9 +230,6 @@ class Hub:
         return integration
 
 
-_STORAGE_KEYS = {"storage", "run_storage", "event_log_storage", "schedule_storage"}
-
-
 def _stamped(database: Path) -> bool:
     """A Dagster SQLite storage that exists and is fully initialised (its alembic revision stamped)."""
     if not database.exists():
@@ -256,13 +253,11 @@ def _instigator_states(catalog: Catalog) -> Any | None:
     database is opened once Dagster has created it (None until then: nothing can have been
     toggled); a dagster.yaml configuring storage (e.g. Postgres) gets the full instance.
     """
-    import yaml
 
-    from ..core.state import ensure_dagster_home
+    from ..core.state import configures_storage, ensure_dagster_home
 
     home = ensure_dagster_home(catalog)
-    config = yaml.safe_load((home / "dagster.yaml").read_text(encoding="utf-8")) or {}
-    if isinstance(config, dict) and config.keys() & _STORAGE_KEYS:
+    if configures_storage(home):
         from dagster import DagsterInstance
 
         return DagsterInstance.get()

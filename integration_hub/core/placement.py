@@ -27,13 +27,20 @@ class StateLocation:
 
 
 def dagster_storage(instance: Any) -> tuple[str, bool]:
-    """How a Dagster instance keeps runs, events and schedules: a description, and whether it is shared."""
-    kinds = {type(storage).__name__ for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage)}
-    shared = all(kind.startswith(("Postgres", "MySQL")) for kind in kinds)
+    """How a Dagster instance keeps runs, events, schedules and the runs' captured output: a
+    description, and whether every machine sees it."""
+    storages = (instance.run_storage, instance.event_log_storage, instance.schedule_storage)
+    kinds = {type(storage).__name__ for storage in storages}
+    logs = type(instance.compute_log_manager).__name__
+    shared_logs = not logs.startswith(("Local", "Noop"))
+    shared = all(kind.startswith(("Postgres", "MySQL")) for kind in kinds) and shared_logs
     if shared:
-        return "a database (" + ", ".join(sorted(kinds)) + ")", True
+        return "a database (" + ", ".join(sorted(kinds)) + f"), output by {logs}", True
     home = os.environ.get("DAGSTER_HOME", "$DAGSTER_HOME")
-    return f"files under {home} (" + ", ".join(sorted(kinds)) + ")", False
+    local = sorted(kinds) if not all(k.startswith(("Postgres", "MySQL")) for k in kinds) else []
+    if not shared_logs and logs.startswith("Local"):
+        local.append(logs)
+    return f"files under {home} (" + ", ".join(local) + ")", False
 
 
 def state_locations(catalog: Catalog, dagster: tuple[str, bool] | None) -> list[StateLocation]:
@@ -79,6 +86,7 @@ def state_locations(catalog: Catalog, dagster: tuple[str, bool] | None) -> list[
             "Dagster instance (runs, schedules, toggles)",
             dagster[0],
             dagster[1],
-            "configure dagster-postgres storage in $DAGSTER_HOME/dagster.yaml (docs/deploy.md)",
+            "configure dagster-postgres storage and an S3 compute log manager in $DAGSTER_HOME/dagster.yaml "
+            "(docs/deploy.md)",
         )
     return found

@@ -61,6 +61,17 @@ def ensure_dagster_home(catalog: Catalog | None = None) -> Path:
     return home
 
 
+STORAGE_KEYS = {"storage", "run_storage", "event_log_storage", "schedule_storage"}
+
+
+def configures_storage(home: Path) -> bool:
+    """The instance's dagster.yaml names its storage (PostgreSQL, ...) instead of SQLite under $DAGSTER_HOME."""
+    import yaml
+
+    config = yaml.safe_load((home / "dagster.yaml").read_text(encoding="utf-8")) or {}
+    return isinstance(config, dict) and bool(config.keys() & STORAGE_KEYS)
+
+
 @contextmanager
 def dagster_instance(catalog: Catalog | None = None) -> Iterator[object]:
     from dagster import DagsterInstance
@@ -68,10 +79,13 @@ def dagster_instance(catalog: Catalog | None = None) -> Iterator[object]:
     from .warehouse import file_lock
 
     home = ensure_dagster_home(catalog)
-    # Two commands starting at once on a new $DAGSTER_HOME would both create its SQLite storage
-    # ("table ... already exists"): the instance is made by one process at a time.
-    with file_lock(home / ".instance.lock", "the Dagster instance", timeout=60):
+    if configures_storage(home):  # a database: Dagster's own migrations, no local file involved
         instance = DagsterInstance.get()
+    else:
+        # Two commands starting at once on a new $DAGSTER_HOME would both create its SQLite storage
+        # ("table ... already exists"): the instance is made by one process at a time.
+        with file_lock(home / ".instance.lock", "the Dagster instance", timeout=60):
+            instance = DagsterInstance.get()
     with instance:
         yield instance
 
