@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .s3_batches import S3BatchStore
 
 PENDING, APPLIED, FAILED = "pending", "applied", "failed"
+STATUS_NAMES = {PENDING: "accepted", APPLIED: "applied", FAILED: "failed"}  # what GET /v1/batches says
 DATA_SUFFIX, STATUS_SUFFIX = ".ndjson", ".json"
 IDEMPOTENCY_DIR = "_idempotency"
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
@@ -315,7 +316,7 @@ class BatchStore:
                 "batch_id": location.data_path.name[: -len(DATA_SUFFIX)],
                 "integration": location.integration,
             }
-        status["status"] = {PENDING: "accepted", APPLIED: "applied", FAILED: "failed"}[location.state]
+        status["status"] = STATUS_NAMES[location.state]
         return status
 
     # -- finishing (Dagster run) ----------------------------------------------------

@@ -46,6 +46,7 @@ from .batches import (
     IDEMPOTENCY_WINDOW_SECONDS,
     ORPHAN_SECONDS,
     PENDING,
+    STATUS_NAMES,
     STATUS_SUFFIX,
     BatchLocation,
     IdempotencyBusy,
@@ -283,7 +284,7 @@ class S3BatchStore:
         if not status:
             status = {"batch_id": posixpath.basename(str(location.data_path))[: -len(DATA_SUFFIX)]}
             status["integration"] = location.integration
-        status["status"] = {PENDING: "accepted", APPLIED: "applied", FAILED: "failed"}[location.state]
+        status["status"] = STATUS_NAMES[location.state]
         return status
 
     def accepted_status(self, integration: str, batch_id: str) -> dict[str, Any]:
