@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 
 import duckdb
@@ -67,13 +68,17 @@ class S3BatchStore:
 
     def __init__(self, connection: S3Connection, prefix: str) -> None:
         self.connection = connection
-        self.client = s3_client(connection)
         self.bucket = connection.bucket
         self.prefix = "/".join(p for p in (connection.prefix, prefix.strip("/")) if p)
         self.description = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
         self._claims: dict[str, str] = {}  # key hash -> ETag of this replica's claim
         self._claims_lock = threading.Lock()
         self._health: tuple[float, str | None] = (0.0, None)
+
+    @cached_property
+    def client(self) -> Any:
+        """Made on first use: building the Dagster definitions makes a store per API integration."""
+        return s3_client(self.connection)
 
     @classmethod
     def of(cls, catalog: Catalog) -> S3BatchStore:
