@@ -554,6 +554,33 @@ class LockWatcher(threading.Thread):
 # ---------------------------------------------------------------------------- part 1
 
 
+async def post_batch(
+    client: Any,  # an httpx.AsyncClient
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    statuses: Counter[int],
+    errors: list[str],
+    latencies: list[float],
+) -> dict[str, Any] | None:
+    """POST one batch; counts its status (0: no answer) and latency; the 202's body, else None."""
+    import httpx
+
+    sent = time.perf_counter()
+    try:
+        answer = await client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        statuses[0] += 1
+        errors.append(f"{type(exc).__name__}: {exc}")
+        return None
+    latencies.append(time.perf_counter() - sent)
+    statuses[answer.status_code] += 1
+    if answer.status_code == 202:
+        return answer.json()
+    errors.append(f"{answer.status_code}: {answer.text[:200]}")
+    return None
+
+
 async def _closed_loop(
     urls: list[str], headers: dict[str, str], template: bytes, tag: str, seconds: float, connections: int
 ) -> dict[str, Any]:
@@ -577,22 +604,11 @@ async def _closed_loop(
             while loop.time() < deadline:
                 n = next(counter)
                 body = template.replace(placeholder, f"{tag}{n:07d}".encode())
-                started = time.perf_counter()
-                try:
-                    answer = await client.post(
-                        f"{urls[n % len(urls)]}/v1/end-users", content=body, headers=headers
-                    )
-                except httpx.HTTPError as exc:
-                    statuses[0] += 1
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                latencies.append(time.perf_counter() - started)
-                statuses[answer.status_code] += 1
-                if answer.status_code == 202:
-                    reply = answer.json()
+                reply = await post_batch(
+                    client, f"{urls[n % len(urls)]}/v1/end-users", body, headers, statuses, errors, latencies
+                )
+                if reply is not None:
                     acked[reply["batch_id"]] = int(reply["accepted"])
-                else:
-                    errors.append(f"{answer.status_code}: {answer.text[:200]}")
 
         started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(connections)))
@@ -835,22 +851,11 @@ async def _steady(
             integration = names[which]
             await asyncio.sleep(max(0.0, start + (n + which / len(names)) / rate - loop.time()))
             body = templates[integration].replace(placeholder, f"{integration[-1]}{n:07d}".encode())
-            sent = time.perf_counter()
-            try:
-                answer = await client.post(
-                    f"{urls[k % len(urls)]}/v1/end-users", content=body, headers=headers
-                )
-            except httpx.HTTPError as exc:
-                statuses[0] += 1
-                errors.append(f"{type(exc).__name__}: {exc}")
-                return
-            latencies.append(time.perf_counter() - sent)
-            statuses[answer.status_code] += 1
-            if answer.status_code == 202:
-                reply = answer.json()
+            reply = await post_batch(
+                client, f"{urls[k % len(urls)]}/v1/end-users", body, headers, statuses, errors, latencies
+            )
+            if reply is not None:
                 on_ack(reply["batch_id"], integration, time.time(), int(reply["accepted"]))
-            else:
-                errors.append(f"{answer.status_code}: {answer.text[:200]}")
 
         await asyncio.gather(*(one(k) for k in range(per * len(names))))
     return {"statuses": statuses, "errors": errors, "latencies": latencies, "sent": per * len(names)}
