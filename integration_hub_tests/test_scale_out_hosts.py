@@ -275,3 +275,66 @@ def test_two_hosts_under_load_one_killed_mid_run_lose_nothing_and_apply_nothing_
             one.send(request, 0)
     run_serially(serial, "web")
     assert final_state(scale_out) == final_state(serial)
+
+
+def test_the_daemons_run_queue_on_postgres_takes_one_run_per_integration_and_several_across(
+    scale_out: ScaleOut, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dagster-daemon` on the PostgreSQL instance, its sensors starting the runs: a second crm run,
+    requested while the first goes, waits in the queue for it; billing's run goes at the same time."""
+    import psycopg2
+
+    for entry in scale_out.document["integrations"]:
+        entry["sensor_interval_seconds"] = 5
+    scale_out.catalog_file.write_text(yaml.safe_dump(scale_out.document, sort_keys=False))
+    dagster_on_postgres(scale_out)
+    dagster_url = scale_out.env["DAGSTER_PG_URL"].replace("+psycopg2", "")
+
+    def rows(tag: str) -> str:
+        return HEADER + "".join(f"u{i}@x.com,{tag},{i % 100}\n" for i in range(150_000))
+
+    def runs() -> list[tuple[Any, ...]]:
+        with psycopg2.connect(dagster_url) as db, db.cursor() as cursor:
+            cursor.execute("SELECT to_regclass('runs') IS NOT NULL")
+            if not cursor.fetchone()[0]:
+                return []  # the daemon has not made Dagster's tables yet
+            cursor.execute(
+                "SELECT pipeline_name, status, EXTRACT(EPOCH FROM create_timestamp), start_time, end_time FROM runs "
+                "WHERE pipeline_name IN ('crm_job', 'billing_job') ORDER BY create_timestamp"
+            )
+            return cursor.fetchall()
+
+    scale_out.put("crm/a.csv", rows("a"))
+    scale_out.put("billing/a.csv", rows("bill"))
+    workspace = scale_out.root / "workspace.yaml"
+    module = {"module_name": "integration_hub.definitions", "location_name": "integration_hub"}
+    workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {**module, "working_directory": str(scale_out.root)}}]}))
+    with open(scale_out.root.parent / "daemon.log", "wb") as log:
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+            cwd=scale_out.root, env=scale_out.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not any(run[0] == "crm_job" for run in runs()):
+            assert daemon.poll() is None and time.monotonic() < deadline, "the sensor started no crm run"
+            time.sleep(0.2)
+        scale_out.put("crm/b.csv", rows("b"))  # the next tick asks for a second crm run
+        while True:
+            found = runs()
+            done = [run for run in found if run[1] in ("SUCCESS", "FAILURE", "CANCELED")]
+            if len([r for r in done if r[0] == "crm_job"]) >= 2 and any(r[0] == "billing_job" for r in done):
+                break
+            assert daemon.poll() is None and time.monotonic() < deadline, f"the runs did not finish: {found}"
+            time.sleep(0.5)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=60)
+    found = runs()
+    assert all(run[1] == "SUCCESS" for run in found), found
+    (first, second, *_), billing = [r for r in found if r[0] == "crm_job"], [r for r in found if r[0] == "billing_job"][0]
+    assert second[2] < first[4], "the second crm run was asked for while the first went"
+    assert second[3] >= first[4], "... and started only once it had ended"
+    assert max(first[3], billing[3]) < min(first[4], billing[4]), "billing's run went at the same time as crm's"
+    counts = scale_out.sql("SELECT count(*) AS users, count(*) FILTER (WHERE crm_plan = 'b') AS latest FROM attributes_crm")
+    assert counts == [{"users": 150_000, "latest": 150_000}]
