@@ -19,7 +19,8 @@ from ..core.assets import (
 )
 from ..core.catalog import ApiIntegration, Catalog
 from ..core.state import job_name
-from ..core.warehouse import WarehouseResource, ensure_schema
+from ..core.warehouse import ensure_schema
+from ..core.warehouse_resource import WarehouseResource
 from .applying import RUN_BUDGET_SECONDS, apply_pending
 from .batches import batch_store
 

@@ -16,12 +16,12 @@ from .sql import DUCKDB_TYPES
 from .state import job_name, schedule_name, sensor_name
 from .warehouse import (
     TAG_INTEGRATION,
-    WarehouseResource,
     attributes_table,
     ensure_schema,
     same_type,
     table_columns,
 )
+from .warehouse_resource import WarehouseResource
 
 __all__ = ["TAG_INTEGRATION", "TAG_OUTCOME", "integration_pool"]
 

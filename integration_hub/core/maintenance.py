@@ -32,7 +32,8 @@ import dagster as dg
 import duckdb
 
 from .sql import ident, literal
-from .warehouse import LAKE, Lake, WarehouseError, WarehouseResource, open_writer, transaction
+from .warehouse import LAKE, Lake, WarehouseError, open_writer, transaction
+from .warehouse_resource import WarehouseResource
 
 ORPHAN_GRACE = timedelta(hours=1)  # a file younger than this may belong to a transaction about to commit
 UNREFERENCED_GRACE = timedelta(hours=1)  # a query that began before a file was unreferenced may still read it

@@ -34,10 +34,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import duckdb
-from dagster_duckdb import DuckDBResource
-from pydantic import PrivateAttr
 
-from .catalog import POSTGRES_SCHEMES, Catalog, InboundIntegration, S3Connection, load_catalog
+from .catalog import Catalog, InboundIntegration, S3Connection
 from .sql import DUCKDB_TYPES, ident, literal
 
 MEMORY_LIMIT_ENV = "INTEGRATION_HUB_DUCKDB_MEMORY"
@@ -718,40 +716,6 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 def integration_lock(where: Catalog | Lake, integration: str) -> Any:
     """Held by a run of `integration` for its whole length: two runs of one integration take turns."""
     return _lake_of(where).lock(f"integration:{integration}", f"integration {integration}")
-
-
-class WarehouseResource(DuckDBResource):
-    """dagster-duckdb's resource, opening the lake; a run holds its integration's lock throughout.
-
-    `database` is the catalog file as given (the DuckDBResource field), or a PostgreSQL catalog's
-    URL without its password; `data_path` the lake's data. A lake that needs secrets (a PostgreSQL
-    catalog, S3 data) is read from `catalog_file` when the run opens it, so that no secret is in the
-    resource's configuration, which the Dagster UI shows.
-    """
-
-    data_path: str = ""
-    retention_days: int = 30
-    catalog_file: str = ""
-    _integration: str | None = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: Any) -> None:
-        run = getattr(context, "dagster_run", None)
-        self._integration = run.tags.get(TAG_INTEGRATION) if run is not None else None
-
-    @property
-    def lake(self) -> Lake:
-        if self.catalog_file and (self.database.startswith(POSTGRES_SCHEMES) or self.data_path.startswith("s3://")):
-            return Lake.of(load_catalog(self.catalog_file))
-        return Lake(Path(self.database), Path(self.data_path), self.retention_days)
-
-    @contextmanager
-    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:  # type: ignore[override]
-        if self._integration:
-            with integration_lock(self.lake, self._integration), open_writer(self.lake) as con:
-                yield con
-        else:
-            with open_writer(self.lake) as con:
-                yield con
 
 
 # ---------------------------------------------------------------------------- schema

@@ -22,7 +22,8 @@ from ..core.assets import (
 from ..core.catalog import Catalog, FileExportIntegration, LocalConnection, S3Connection
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.outcome import RunOutcome, run_outcome
-from ..core.warehouse import WarehouseResource, ensure_bookkeeping, ensure_schema
+from ..core.warehouse import ensure_bookkeeping, ensure_schema
+from ..core.warehouse_resource import WarehouseResource
 from ..reports.factory import report_failure_hook, report_key
 from .export import KIND, ExportError, run_file_export
 

@@ -18,7 +18,8 @@ from ..core.assets import (
 )
 from ..core.catalog import Catalog, CsvIntegration, S3Connection
 from ..core.landing import landing_store
-from ..core.warehouse import WarehouseResource, ensure_schema
+from ..core.warehouse import ensure_schema
+from ..core.warehouse_resource import WarehouseResource
 from .processing import FileMoves, process_file
 
 

@@ -15,7 +15,8 @@ from ..core.catalog import Catalog, Report
 from ..core.ingest import table_preview
 from ..core.outcome import RunOutcome
 from ..core.sql import ident
-from ..core.warehouse import WarehouseResource, ensure_schema, transaction
+from ..core.warehouse import ensure_schema, transaction
+from ..core.warehouse_resource import WarehouseResource
 
 _READ_ONLY = re.compile(r"^\s*(\(\s*)*(select|with|from|values|table)\b", re.IGNORECASE)
 

@@ -24,7 +24,8 @@ from ..core.assets import (
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
 from ..core.ingest import RunRecord, new_run_id, now_utc
 from ..core.outcome import RunOutcome, run_outcome
-from ..core.warehouse import WarehouseResource, ensure_schema, transaction
+from ..core.warehouse import ensure_schema, transaction
+from ..core.warehouse_resource import WarehouseResource
 from ..reports.factory import report_failure_hook, report_key
 from .auth import login_host
 from .sync import SyncError, SyncResult, ensure_salesforce_tables, record_sync_run, run_sync
