@@ -330,7 +330,7 @@ async def post_end_users(request: Request) -> Response:
     request_sha = hashlib.sha256(body).hexdigest()  # decompressed: gzip or not, the same request
     try:
         # Across replicas (S3 landing) or processes (a local folder), one request per key at a time.
-        with hub.batches.claim_idempotency(key_hash) as first:
+        async with _idempotency_claim(hub, key_hash) as first:
             if first is not None:
                 if first.get("request_sha256") != request_sha:
                     return error(
@@ -350,6 +350,18 @@ async def post_end_users(request: Request) -> Response:
         )
     except OSError as exc:  # the key's claim or record could not be read or written
         return _storage_unavailable(exc)
+
+
+@contextlib.asynccontextmanager
+async def _idempotency_claim(hub: Hub, key_hash: str) -> AsyncIterator[dict[str, Any] | None]:
+    """The landing store's claim on a key, taken and released in a worker thread: with an S3
+    landing both are requests to S3, which must not hold up the event loop."""
+    claim = hub.batches.claim_idempotency(key_hash)
+    first = await run_in_threadpool(claim.__enter__)
+    try:
+        yield first
+    finally:
+        await run_in_threadpool(claim.__exit__, None, None, None)
 
 
 @dataclass
@@ -466,12 +478,12 @@ async def get_batch(request: Request) -> Response:
         return bearer
     batch_id = request.path_params["batch_id"]
     hub.maybe_reload_catalog()
-    location = hub.batches.locate(batch_id, list(hub.integrations))
+    location = await run_in_threadpool(hub.batches.locate, batch_id, list(hub.integrations))
     if location is None:
         return error(
             404, "batch_not_found", f"no batch {shown_key(batch_id)}: check the batch_id of the 202 answer"
         )
-    status = hub.batches.read_status(location)
+    status = await run_in_threadpool(hub.batches.read_status, location)
     keys = (
         "batch_id", "integration", "status", "received_at", "accepted", "rejected", "rejected_count",
         "applied_at", "rows_applied", "rows_rejected_at_apply", "rejected_at_apply", "message",
