@@ -22,6 +22,7 @@ makes later batches win.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -160,6 +161,19 @@ class BatchStore:
 
     def prepare_reading(self, con: duckdb.DuckDBPyConnection) -> None:
         """DuckDB reads the local batch files as they are."""
+
+    def probe_write(self) -> None:
+        """For `check`: OSError when the folder (or, before first use, its nearest existing parent)
+        is not writable."""
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:  # created on first use: its nearest folder
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            raise PermissionError(
+                errno.EACCES,
+                f"the landing folder {self.root} is not writable: the API could not store batches; "
+                "fix its permissions or set `landing:` in the catalog",
+            )
 
     def problem(self) -> str | None:
         """Why batches cannot be stored right now (for /healthz), or None."""

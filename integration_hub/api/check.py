@@ -8,11 +8,10 @@ To wire them, `integration_hub/cli/hooks.py` maps:
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 
 from ..core.catalog import ApiIntegration, Catalog
-from .batches import BatchStore, batch_store, batch_time
+from .batches import batch_store, batch_time
 from .tokens import token_store
 
 
@@ -26,25 +25,10 @@ class CheckOutcome:
 def check_api_integration(catalog: Catalog, integration: ApiIntegration) -> list[CheckOutcome]:
     """The landing store is writable and the integration has a token; how much is waiting."""
     store = batch_store(catalog)
-    if isinstance(store, BatchStore):
-        landing = store.root
-        probe = landing
-        while not probe.exists() and probe != probe.parent:  # created on first use: its nearest folder
-            probe = probe.parent
-        if not os.access(probe, os.W_OK):
-            return [
-                CheckOutcome(
-                    integration.name,
-                    False,
-                    f"the landing folder {landing} is not writable: the API could not store batches; "
-                    "fix its permissions or set `landing:` in the catalog",
-                )
-            ]
-    else:
-        try:
-            store.probe_write()
-        except OSError as exc:
-            return [CheckOutcome(integration.name, False, f"the API landing {store.description}: {exc.strerror}")]
+    try:
+        store.probe_write()
+    except OSError as exc:
+        return [CheckOutcome(integration.name, False, str(exc.strerror))]
     with token_store(catalog) as tokens:
         issued = tokens.integration_token_issued(integration.name)
     if issued is None:

@@ -175,8 +175,11 @@ class S3BatchStore:
     def probe_write(self) -> None:
         """Write and delete a small object (for `check`): LandingUnavailable with the reason and fix."""
         key = self._key(f".check-{secrets.token_hex(6)}")
-        self._put(key, b"integration-hub check\n")
-        self._call("delete", "s3:DeleteObject", self.client.delete_object, Key=key)
+        try:
+            self._put(key, b"integration-hub check\n")
+            self._call("delete", "s3:DeleteObject", self.client.delete_object, Key=key)
+        except LandingUnavailable as exc:
+            raise LandingUnavailable(errno.EIO, f"the API landing {self.description}: {exc.strerror}") from None
 
     # -- landing (API server) -----------------------------------------------------
     def land(

@@ -32,14 +32,11 @@ def dagster_storage(instance: Any) -> tuple[str, bool]:
     storages = (instance.run_storage, instance.event_log_storage, instance.schedule_storage)
     kinds = {type(storage).__name__ for storage in storages}
     logs = type(instance.compute_log_manager).__name__
-    shared_logs = not logs.startswith(("Local", "Noop"))
-    shared = all(kind.startswith(("Postgres", "MySQL")) for kind in kinds) and shared_logs
-    if shared:
+    shared_storage = all(kind.startswith(("Postgres", "MySQL")) for kind in kinds)
+    if shared_storage and not logs.startswith(("Local", "Noop")):
         return "a database (" + ", ".join(sorted(kinds)) + f"), output by {logs}", True
     home = os.environ.get("DAGSTER_HOME", "$DAGSTER_HOME")
-    local = sorted(kinds) if not all(k.startswith(("Postgres", "MySQL")) for k in kinds) else []
-    if not shared_logs and logs.startswith("Local"):
-        local.append(logs)
+    local = ([] if shared_storage else sorted(kinds)) + ([logs] if logs.startswith("Local") else [])
     return f"files under {home} (" + ", ".join(local) + ")", False
 
 
