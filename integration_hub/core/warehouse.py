@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -569,16 +569,18 @@ _READERS_LOCK = threading.Lock()
 SHARED_READERS = 2  # lakes whose reader DuckDB a process keeps when nobody uses them
 
 
-def _reader_key(lake: Lake, memory_limit: str) -> tuple[Any, ...]:
+def _instance_key(lake: Lake, memory_limit: str) -> tuple[Any, ...]:
+    """What a kept DuckDB of `lake` must match to be used again (FileNotFoundError: no catalog file)."""
     # The catalog file's identity, not only its path: a lake made anew at the same path (another
     # file, perhaps with the inode number of the one removed) gets a new DuckDB. The change time
     # moves only when SQLite checkpoints its WAL into the file, now and then. The pid: a forked
-    # child must not use its parent's DuckDB.
+    # child must not use its parent's DuckDB. The S3 access: changed credentials, a new DuckDB.
+    access = hash(astuple(lake.s3)) if lake.s3 is not None else None
     if lake.catalog_path is None:
-        return (os.getpid(), lake.postgres_dsn, lake.data_url, memory_limit)
+        return (os.getpid(), lake.postgres_dsn, lake.data_url, access, memory_limit)
     stat = lake.catalog_path.stat()
     identity = (stat.st_dev, stat.st_ino, stat.st_ctime_ns)
-    return (os.getpid(), str(lake.catalog_path), lake.data_url, *identity, memory_limit)
+    return (os.getpid(), str(lake.catalog_path), lake.data_url, access, *identity, memory_limit)
 
 
 def _new_reader(lake: Lake, memory_limit: str) -> duckdb.DuckDBPyConnection:
@@ -615,7 +617,7 @@ def open_reader(
             own.close()
         return
     try:
-        key = _reader_key(lake, memory_limit)
+        key = _instance_key(lake, memory_limit)
     except FileNotFoundError:  # removed since: no lake
         yield None
         return
@@ -644,22 +646,77 @@ _WRITERS: dict[int, Lake] = {}  # id(connection) -> the lake it writes (whose co
 _IN_TRANSACTION: set[int] = set()  # ids of connections inside transaction()
 
 
-@contextmanager
-def open_writer(where: Catalog | Lake) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-write connection to the lake, created on first use. Write through `transaction`."""
-    lake = _lake_of(where)
-    prepare_lake(lake)
+# A process keeps the writer DuckDBs it has finished with (the last few; each one used by one
+# open_writer at a time, so settings one writer changes for its whole DuckDB never reach another):
+# a run's steps and checks then pay the ~0.3 s of loading the extensions once, not per connection.
+_IDLE_WRITERS: dict[tuple[Any, ...], list[duckdb.DuckDBPyConnection]] = {}
+_IDLE_WRITERS_LOCK = threading.Lock()
+IDLE_WRITERS = 2
+
+
+def _new_writer(lake: Lake) -> duckdb.DuckDBPyConnection:
     con = new_connection(temp_directory=lake.scratch_folder)
     try:
         # The first ATTACH writes a new catalog, so writers attach one at a time (a few
         # milliseconds; not the commit lock, which a long commit may hold).
         with lake.lock("attach", "the warehouse"):
             attach(con, lake, read_only=False)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _writer_key(lake: Lake) -> tuple[Any, ...] | None:
+    try:
+        return _instance_key(lake, os.environ.get(MEMORY_LIMIT_ENV) or DEFAULT_MEMORY_LIMIT)
+    except FileNotFoundError:  # not created yet: the first writer makes it
+        return None
+
+
+def _keep_writer(key: tuple[Any, ...], base: duckdb.DuckDBPyConnection) -> None:
+    """Keep `base` as the most recently used idle writer; close the least recently used beyond IDLE_WRITERS."""
+    with _IDLE_WRITERS_LOCK:
+        _IDLE_WRITERS.setdefault(key, []).append(base)
+        _IDLE_WRITERS[key] = _IDLE_WRITERS.pop(key)  # now the most recent key
+        kept = [(k, b) for k, bases in _IDLE_WRITERS.items() for b in bases]
+        closing = kept[:-IDLE_WRITERS]
+        for k, b in closing:
+            _IDLE_WRITERS[k].remove(b)
+            if not _IDLE_WRITERS[k]:
+                del _IDLE_WRITERS[k]
+    for _, b in closing:
+        b.close()
+
+
+@contextmanager
+def open_writer(where: Catalog | Lake) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection to the lake, created on first use. Write through `transaction`."""
+    lake = _lake_of(where)
+    prepare_lake(lake)
+    key = _writer_key(lake)
+    with _IDLE_WRITERS_LOCK:
+        idle = _IDLE_WRITERS.get(key, []) if key is not None else []
+        base = idle.pop() if idle else None
+    base = base or _new_writer(lake)
+    # A connection of its own (`cursor`): a fresh session, no temporary tables of the last writer.
+    con = base.cursor()
+    clean = False
+    try:
+        con.execute(f"USE {LAKE}")
+        con.execute("SET TimeZone = 'UTC'")
         _WRITERS[id(con)] = lake
         yield con
+        clean = True
     finally:
         _WRITERS.pop(id(con), None)
         con.close()
+        # Kept only after a clean exit: after an error the DuckDB may be in any state.
+        key = _writer_key(lake) if clean else None
+        if key is not None:
+            _keep_writer(key, base)
+        else:
+            base.close()
 
 
 @contextmanager
