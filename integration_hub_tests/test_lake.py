@@ -320,6 +320,40 @@ def test_a_reader_in_use_outlives_the_readers_of_other_lakes_and_a_lake_made_ane
         assert con is not None and con.execute("SELECT n FROM t").fetchall() == [("made anew",)]
 
 
+def test_writers_of_one_process_start_clean_after_each_other_after_an_error_and_on_a_lake_made_anew(
+    tmp_path: Path,
+) -> None:
+    lake = Lake(tmp_path / "lake_a/catalog.sqlite", tmp_path / "lake_a/lake")
+    lake.catalog_path.parent.mkdir()
+    with open_writer(lake) as con:
+        con.execute("CREATE TEMP TABLE _stage AS SELECT 1 AS n")
+        with transaction(con):
+            con.execute("CREATE TABLE t AS SELECT 1 AS n")
+    with open_writer(lake) as con:  # a session of its own: none of the last writer's temporary tables
+        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone() == (0,)
+        assert con.execute("SELECT current_setting('TimeZone')").fetchone()[0] in ("UTC", "Etc/UTC")
+        with transaction(con):
+            con.execute("INSERT INTO t VALUES (2)")
+
+    # A writer that fails after changing a setting of its whole DuckDB: the next starts from the defaults.
+    with pytest.raises(RuntimeError, match="a step failed"), open_writer(lake) as con:
+        con.execute("SET preserve_insertion_order = false")
+        raise RuntimeError("a step failed")
+    with open_writer(lake) as con:
+        assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (True,)
+        assert con.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,)]
+
+    # The same paths, another lake: the writer writes the new one, not what an earlier DuckDB attached.
+    import shutil
+
+    shutil.rmtree(lake.catalog_path.parent)
+    lake.catalog_path.parent.mkdir()
+    with open_writer(lake) as con, transaction(con):
+        con.execute("CREATE TABLE t AS SELECT 'made anew' AS n")
+    with open_reader(lake, private=True) as con:
+        assert con is not None and con.execute("SELECT n FROM t").fetchall() == [("made anew",)]
+
+
 def test_writes_of_two_connections_take_turns_and_both_commit(local_landing: Landing) -> None:
     catalog = local_landing.write_catalog()
     errors: list[BaseException] = []
