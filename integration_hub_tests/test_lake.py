@@ -220,6 +220,48 @@ def test_history_survives_a_large_source_rewriting_the_table(local_landing: Land
     assert plan == [("free", "1.csv"), ("gold", "2.csv")]
 
 
+def test_a_lake_writes_small_row_groups_by_its_inserts_and_its_rewrites(local_landing: Landing, monkeypatch) -> None:
+    """A lake made before the file options gets them at its next run; DuckLake's inserts and a large
+    source's rewrite both write row groups of PARQUET_ROW_GROUP_ROWS."""
+    import integration_hub.core.ingest as ingest
+    from integration_hub.core.warehouse import LAKE_FILE_OPTIONS, PARQUET_ROW_GROUP_ROWS
+
+    catalog = local_landing.write_catalog()
+    lake = Lake.of(catalog)
+    with open_writer(lake) as con:  # a lake as an earlier version left it: DuckLake's own defaults
+        assert not {name for name, in con.execute("SELECT option_name FROM lake.options()").fetchall()} & set(LAKE_FILE_OPTIONS)
+
+    def layout() -> tuple[dict[str, str], list[int]]:
+        with open_reader(lake, private=True) as con:
+            assert con is not None
+            options = dict(con.execute("SELECT option_name, value FROM lake.options()").fetchall())
+            files = [f for f, in con.execute("SELECT data_file FROM ducklake_list_files('lake', 'attributes_crm')").fetchall()]
+            groups = con.execute(
+                f"SELECT row_group_num_rows FROM parquet_metadata({files!r}) WHERE path_in_schema = 'user_id'"
+            ).fetchall()
+            return options, sorted(rows for rows, in groups)
+
+    rows = 3 * PARQUET_ROW_GROUP_ROWS + 100
+
+    def users(plan: str) -> str:  # sorted by user id, as a lookup's pruning would have it
+        return HEADER + "".join(f"u{n:06d}@x.com,{plan},{n % 9},yes,2024-01-01,\n" for n in range(rows))
+
+    monkeypatch.setattr(ingest, "REWRITE_MIN_ROWS", 10**9)  # a MERGE: DuckLake writes the files
+    local_landing.put("crm/merged.csv", users("free"))
+    assert run_job(catalog, "crm").success
+    options, groups = layout()
+    assert {name: options.get(name) for name in LAKE_FILE_OPTIONS} == LAKE_FILE_OPTIONS
+    assert sum(groups) == rows and max(groups) <= PARQUET_ROW_GROUP_ROWS, groups
+
+    monkeypatch.setattr(ingest, "REWRITE_MIN_ROWS", 2)  # the table written anew, by our own COPY
+    local_landing.put("crm/rewritten.csv", users("gold"))
+    assert run_job(catalog, "crm").success
+    _, groups = layout()
+    assert sum(groups) == rows and max(groups) <= PARQUET_ROW_GROUP_ROWS, groups
+
+    assert query(catalog, "SELECT plan FROM attributes_crm WHERE user_id = 'u020000@x.com'") == [("gold",)]
+
+
 def test_user_profiles_as_of_a_timestamp(local_landing: Landing) -> None:
     catalog = local_landing.write_catalog()
     local_landing.put("crm/1.csv", HEADER + "a@x.com,free,1,yes,2024-01-01,\n")

@@ -26,6 +26,7 @@ from .sql import ident, literal, rejection_reason, trimmed_cell, typed_value
 from .warehouse import (
     LAKE,
     MEMORY_LIMIT_ENV,
+    PARQUET_ROW_GROUP_ROWS,
     WarehouseError,
     attributes_table,
     ensure_attribute_table,
@@ -44,8 +45,9 @@ PREVIEW_ROWS = 5
 # the table instead of MERGE-ing into it (see _rewrite_table; measured by benchmarks/bench_csv.py).
 REWRITE_MIN_ROWS = 200_000
 REWRITE_MIN_SHARE = 4
-# A rewritten table's files hold this many row groups (of DuckDB's 122,880 rows): about 1M rows.
-REWRITE_FILE_ROW_GROUPS = 8
+# A rewritten table's files hold this many row groups of PARQUET_ROW_GROUP_ROWS: about 0.5M rows,
+# some 16 MB, like the files DuckLake writes itself (LAKE_FILE_OPTIONS).
+REWRITE_FILE_ROW_GROUPS = 32
 
 
 @dataclass
@@ -389,7 +391,8 @@ def _rewrite_table(
         f"UNION ALL SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})) "
         # Without its closing '/': DuckDB would join it to the file names with a second one, and
         # DuckLake's orphan cleanup would not recognise the files as the table's.
-        f"TO {literal(folder.rstrip('/'))} (FORMAT parquet, ROW_GROUPS_PER_FILE {REWRITE_FILE_ROW_GROUPS}, "
+        f"TO {literal(folder.rstrip('/'))} (FORMAT parquet, ROW_GROUP_SIZE {PARQUET_ROW_GROUP_ROWS}, "
+        f"ROW_GROUPS_PER_FILE {REWRITE_FILE_ROW_GROUPS}, "
         "FILENAME_PATTERN 'ducklake-{uuid}', APPEND, RETURN_FILES true)"
     ).fetchone()
     return _RewrittenTable(table, list(written[1]), read_files)
