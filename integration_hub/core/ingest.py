@@ -412,12 +412,14 @@ def apply_source(
     max_rejected_ratio: float,
     row_offset: int = 1,
     before_commit: Any = None,
+    on_decision: Callable[[bool], None] | None = None,
     progress: Progress | None = None,
 ) -> RunRecord:
     """Validate a source relation and apply its good rows; bookkeeping in the same transaction.
 
     `before_commit(con, run)` runs inside the transaction after the decision (used to record
-    processed files). If more than `max_rejected_ratio` of the rows are rejected, or no row is
+    processed files). `on_decision(applying)` is called once the rows are validated, before they are
+    applied: whether they will be (unless the commit fails). If more than `max_rejected_ratio` of the rows are rejected, or no row is
     valid, nothing is applied and the run is failed. `progress` gets a line per step.
 
     The source is read, cast and validated once, into a Parquet file in the temp folder.
@@ -468,6 +470,8 @@ def apply_source(
             )
         else:
             applying = True
+        if on_decision is not None:
+            on_decision(applying)
         rows = _valid_rows_sql(integration, stage_file, rows_rejected > 0)
         if applying and valid_rows >= REWRITE_MIN_ROWS:
             with transaction(con):  # the table and its columns, before its rows are written anew

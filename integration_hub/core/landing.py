@@ -8,9 +8,11 @@ files stays cheap to watch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +73,8 @@ class LandingStore(Protocol):
     """What inbound processing needs from a landing area."""
 
     description: str
+    # Whether a move is a copy and a delete (S3), so that copying early saves time (FileMoves.copy_ahead).
+    moves_by_copy: bool
 
     def list_pending(self, folder: str) -> list[LandingFile]: ...
 
@@ -79,6 +83,12 @@ class LandingStore(Protocol):
     def read_head(self, file: LandingFile, size: int) -> bytes: ...
 
     def move(self, file: LandingFile, subfolder: str) -> str: ...
+
+    def copy(self, file: LandingFile, subfolder: str) -> str:
+        """Copy the file into `subfolder` beside it (never over another file); the copy's key."""
+        ...
+
+    def delete(self, key: str) -> None: ...
 
     def write_text(self, key: str, text: str) -> None: ...
 
@@ -92,11 +102,16 @@ def _sorted(files: list[LandingFile]) -> list[LandingFile]:
     return sorted(files, key=lambda f: (f.modified, f.key))
 
 
-def _destination(store: LandingStore, file: LandingFile, subfolder: str) -> str:
+def _destination(
+    store: LandingStore, file: LandingFile, subfolder: str, reusable: Callable[[str], bool] | None = None
+) -> str:
+    """Where the file goes in `subfolder`: its name, else a dated one. `reusable(key)` says whether a
+    file already there is this file's own copy, which the move may take as done."""
     folder = posixpath.dirname(file.key)
     target = posixpath.join(folder, subfolder, file.name)
     attempt = 1
-    while store.exists(target):  # never overwrite an earlier file of the same name
+    # Never overwrite an earlier file of the same name.
+    while store.exists(target) and not (reusable is not None and reusable(target)):
         target = posixpath.join(folder, subfolder, _dated_name(file.name, attempt))
         attempt += 1
     return target
@@ -108,6 +123,7 @@ class LocalLandingStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.description = f"local folder {root}"
+        self.moves_by_copy = False
 
     def _path(self, key: str) -> Path:
         return self.root / key
@@ -165,6 +181,23 @@ class LocalLandingStore:
             ) from None
         return target
 
+    def copy(self, file: LandingFile, subfolder: str) -> str:
+        target = _destination(self, file, subfolder)
+        source, destination = self._path(file.key), self._path(target)
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+        except OSError as exc:
+            raise LandingError(
+                f"cannot copy {source} to {destination.parent}/ ({exc.strerror}): "
+                f"make {destination.parent} a folder this process can write"
+            ) from None
+        return target
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
     def write_text(self, key: str, text: str) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +223,7 @@ class S3LandingStore:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.description = f"s3://{bucket}/{self.prefix}"
+        self.moves_by_copy = True
 
     def _key(self, key: str) -> str:
         return posixpath.join(self.prefix, key) if self.prefix else key
@@ -267,17 +301,45 @@ class S3LandingStore:
             raise self._error(exc, "cannot read") from None
 
     def move(self, file: LandingFile, subfolder: str) -> str:
+        target = self.copy(file, subfolder)
+        self.delete(file.key)
+        return target
+
+    def copy(self, file: LandingFile, subfolder: str) -> str:
         from boto3.s3.transfer import TransferConfig
 
-        target = _destination(self, file, subfolder)
         source = {"Bucket": self.bucket, "Key": self._key(file.key)}
-        # One server-side CopyObject up to 5 GB (multipart copy only beyond), then delete the original.
-        config = TransferConfig(multipart_threshold=COPY_OBJECT_LIMIT, multipart_chunksize=LARGE_PART * 4)
-        self._call(
-            "cannot move", self.client.copy, CopySource=source, Bucket=self.bucket, Key=self._key(target), Config=config
-        )
-        self._call("cannot move", self.client.delete_object, Bucket=self.bucket, Key=self._key(file.key))
+        original = self._call("cannot move", self.client.head_object, **source)
+        reused: list[str] = []
+
+        def own_copy(key: str) -> bool:
+            # A copy that a killed run left behind (same size and ETag, made since) is this file's: it is reused.
+            if self._same_object(key, original):
+                reused.append(key)
+            return bool(reused)
+
+        target = _destination(self, file, subfolder, own_copy)
+        if not reused:
+            # One server-side CopyObject up to 5 GB (multipart copy only beyond).
+            config = TransferConfig(multipart_threshold=COPY_OBJECT_LIMIT, multipart_chunksize=LARGE_PART * 4)
+            self._call(
+                "cannot move", self.client.copy, CopySource=source, Bucket=self.bucket, Key=self._key(target), Config=config
+            )
         return target
+
+    def _same_object(self, key: str, original: dict[str, Any]) -> bool:
+        try:
+            other = self._call("cannot move", self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        except FileNotFoundError:
+            return False
+        # Made after the original was uploaded: not an earlier upload of the same content, which is kept.
+        # (Within the same second it cannot tell, and the file gets a copy of its own.)
+        return (other["ContentLength"], other["ETag"]) == (original["ContentLength"], original["ETag"]) and (
+            other["LastModified"] > original["LastModified"]
+        )
+
+    def delete(self, key: str) -> None:
+        self._call("cannot move", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
     def write_text(self, key: str, text: str) -> None:
         self._call(

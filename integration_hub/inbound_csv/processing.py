@@ -17,6 +17,7 @@ import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 
@@ -40,6 +41,8 @@ from .reader import (
 log = logging.getLogger(__name__)
 ERROR_COLUMNS = ("row_number", "user_id", "column_name", "value", "reason")
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+# From this size a file's copy to success/ (or failed/) on S3 starts before its commit (FileMoves).
+COPY_AHEAD_MIN_BYTES = 32 * 1024 * 1024
 
 
 class DuplicateFile(Exception):
@@ -84,30 +87,74 @@ def _errors_csv(con: duckdb.DuckDBPyConnection, run: RunRecord, work_dir: Path) 
     return None
 
 
+class _EarlyCopy(NamedTuple):
+    subfolder: str
+    target: Future[str]  # the copy's key
+
+
 class FileMoves:
     """Moves processed files out of the pending folder on a thread of its own, in order, then
     records where each went (`processed_files.moved_to`) in one transaction.
 
     A large file's move (a server-side copy on S3) then overlaps the next file's work and the
-    run's checks. Leaving the block waits for every move and raises a failed one, naming the
-    other files a failure left pending.
+    run's checks. Where a move is a copy and a delete (S3), a file of at least
+    `copy_ahead_min_bytes` is copied as soon as its outcome is known (`copy_ahead`), while its rows
+    are still being applied; the original is deleted only after the commit. Leaving the block
+    waits for every move and raises a failed one, naming the other files a failure left pending.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, store: LandingStore) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, store: LandingStore, copy_ahead_min_bytes: int = COPY_AHEAD_MIN_BYTES
+    ) -> None:
         self._con = con
         self._store = store
+        self._copy_ahead_min_bytes = copy_ahead_min_bytes
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integration-hub-move")
+        self._copies = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integration-hub-copy")
         self._moves: list[tuple[RunRecord, LandingFile, Future[str]]] = []
+        self._early: dict[str, _EarlyCopy] = {}
+
+    def copy_ahead(self, file: LandingFile, failed: bool) -> None:
+        """Start copying a large file to success/ (or failed/) before its commit.
+
+        Should the outcome change after all (a check at the commit, an error), the copy is deleted
+        and the file moved as usual; only a run killed meanwhile leaves it behind, and the next
+        move reuses it (`LandingStore.copy`).
+        """
+        if not self._store.moves_by_copy or file.size < self._copy_ahead_min_bytes or file.key in self._early:
+            return
+        subfolder = _subfolder(failed)
+        self._early[file.key] = _EarlyCopy(subfolder, self._copies.submit(self._store.copy, file, subfolder))
 
     def submit(self, file: LandingFile, run: RunRecord, errors_text: str | None) -> None:
-        self._moves.append((run, file, self._pool.submit(self._move, file, run, errors_text)))
+        early = self._early.pop(file.key, None)
+        self._moves.append((run, file, self._pool.submit(self._move, file, run, errors_text, early)))
 
-    def _move(self, file: LandingFile, run: RunRecord, errors_text: str | None) -> str:
-        moved_to = self._store.move(file, "failed" if run.status == "failed" else "success")
+    def _move(self, file: LandingFile, run: RunRecord, errors_text: str | None, early: _EarlyCopy | None) -> str:
+        subfolder = _subfolder(run.status == "failed")
+        copied = self._early_copy(early)
+        if copied is not None and early is not None and early.subfolder == subfolder:
+            self._store.delete(file.key)
+            moved_to = copied
+        else:
+            if copied is not None:  # the outcome changed after the copy started
+                self._store.delete(copied)
+            moved_to = self._store.move(file, subfolder)
         if errors_text is not None:
             errors_key = posixpath.join(posixpath.dirname(moved_to), f"{stem(posixpath.basename(moved_to))}.errors.csv")
             self._store.write_text(errors_key, errors_text)
         return moved_to
+
+    @staticmethod
+    def _early_copy(early: _EarlyCopy | None) -> str | None:
+        """The early copy's key; None without one, or when it failed (the move then copies again)."""
+        if early is None:
+            return None
+        try:
+            return early.target.result()
+        except Exception:
+            log.warning("copying ahead failed; the file is moved after its commit instead", exc_info=True)
+            return None
 
     def __enter__(self) -> FileMoves:
         return self
@@ -121,7 +168,9 @@ class FileMoves:
             # Already failing: what moved is recorded, and the run's own error stays the one raised.
             log.exception("while finishing the moves of a failed run")
         finally:
+            self._discard_early_copies()
             self._pool.shutdown(wait=True)
+            self._copies.shutdown(wait=True)
 
     def _record(self) -> None:
         """Wait for every move and record those done; raise the failure, naming every file left pending."""
@@ -141,6 +190,21 @@ class FileMoves:
         if failed:
             others = ", ".join(key for key, _ in failed[1:])
             raise LandingError(f"{failed[0][1]} (not moved either, and also pending: {others})") from None
+
+    def _discard_early_copies(self) -> None:
+        """Delete the early copies of files whose processing raised: those files stay pending."""
+        for early in self._early.values():
+            copied = self._early_copy(early)
+            if copied is not None:
+                try:
+                    self._store.delete(copied)
+                except Exception:
+                    log.exception("could not delete %s, an early copy of a file that stays pending", copied)
+        self._early.clear()
+
+
+def _subfolder(failed: bool) -> str:
+    return "failed" if failed else "success"
 
 
 def _fail(con: duckdb.DuckDBPyConnection, run: RunRecord, file: LandingFile, message: str, sha256: str | None) -> None:
@@ -209,7 +273,7 @@ def process_file(
         with ThreadPoolExecutor(max_workers=1) as pool:
             # Hashing (and checking a gzip stream) overlaps DuckDB's work; it is needed only before the commit.
             digest: Future[FileDigest] = pool.submit(digest_file, path, file.name.lower().endswith(".gz"))
-            run = _apply_file(con, integration, file, path, work_dir, run, digest, progress)
+            run = _apply_file(con, integration, file, path, work_dir, run, digest, progress, moves)
         moves.submit(file, run, _errors_csv(con, run, work_dir))
     return run
 
@@ -232,6 +296,7 @@ def _apply_file(
     run: RunRecord,
     digest: Future[FileDigest],
     progress: Progress | None,
+    moves: FileMoves,
 ) -> RunRecord:
     where = run.source
     gzipped = file.name.lower().endswith(".gz")
@@ -254,6 +319,7 @@ def _apply_file(
             max_rejected_ratio=integration.max_rejected_ratio,
             row_offset=1,  # the header is row 1, as a spreadsheet shows it
             before_commit=before_commit,
+            on_decision=lambda applying: moves.copy_ahead(file, failed=not applying),
             progress=progress,
         )
 
