@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import pytest
 
 # dagster does not export InstigatorStatus, what the UI toggle stores in the instance.
 from dagster._core.scheduler.instigation import InstigatorStatus
@@ -109,3 +110,17 @@ def test_disable_and_enable_flip_the_same_switch_as_the_ui(local_landing: Landin
             "crm_sensor": InstigatorStatus.RUNNING,
             "crm_schedule": InstigatorStatus.RUNNING,
         }
+
+
+@pytest.mark.parametrize("partition_rows", [100, 10_000_000])
+def test_the_user_id_check_counts_duplicates_and_nulls_exactly_in_any_number_of_partitions(partition_rows: int) -> None:
+    import duckdb
+
+    from integration_hub.core.assets import user_id_counts
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE attributes_crm AS SELECT 'u' || range AS user_id FROM range(1000)")
+    con.execute("INSERT INTO attributes_crm VALUES ('u5'), ('u5'), ('u7'), (NULL), (NULL)")
+    assert user_id_counts(con, "attributes_crm", partition_rows) == (1005, 3, 2)
+    con.execute("DELETE FROM attributes_crm WHERE user_id IN ('u5', 'u7') OR user_id IS NULL")
+    assert user_id_counts(con, "attributes_crm", partition_rows) == (998, 0, 0)
