@@ -207,12 +207,17 @@ def _staged_view_sql(stage_file: str, row_offset: int) -> str:
 
 
 def _duplicates_sql() -> str:
-    # Count first, over ids alone; the (few) duplicated ids then get their first row numbers.
-    # An ordered list() over every id would sort the whole source.
+    # Count first, over the ids' hashes alone (8 bytes each, not the text: half the memory at 8M
+    # rows); only ids whose hash repeats are counted as text, and the (few) duplicated ids then get
+    # their first row numbers. An ordered list() over every id would sort the whole source.
     return """
     CREATE OR REPLACE TEMP TABLE _dups AS
-    WITH counted AS (
-        SELECT user_id, count(*) AS n FROM _stage WHERE user_id IS NOT NULL GROUP BY user_id HAVING count(*) > 1
+    WITH repeated AS (
+        SELECT hash(user_id) AS h FROM _stage WHERE user_id IS NOT NULL GROUP BY h HAVING count(*) > 1
+    ), counted AS (
+        SELECT user_id, count(*) AS n FROM _stage
+         WHERE user_id IS NOT NULL AND hash(user_id) IN (SELECT h FROM repeated)
+         GROUP BY user_id HAVING count(*) > 1
     )
     SELECT c.user_id, c.n, list(s._row ORDER BY s._row)[1:5] AS rows
       FROM counted c JOIN _stage s USING (user_id)
