@@ -169,28 +169,24 @@ class LocalLandingStore:
         return self._path(key).exists()
 
     def move(self, file: LandingFile, subfolder: str) -> str:
-        target = _destination(self, file, subfolder)
-        source, destination = self._path(file.key), self._path(target)
-        try:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, destination)
-        except OSError as exc:
-            raise LandingError(
-                f"cannot move {source} to {destination.parent}/ ({exc.strerror}): it stays pending; "
-                f"make {destination.parent} a folder this process can write, and the next run moves it"
-            ) from None
-        return target
+        return self._place(file, subfolder, os.replace, "move")
 
     def copy(self, file: LandingFile, subfolder: str) -> str:
+        return self._place(file, subfolder, shutil.copyfile, "copy")
+
+    def _place(self, file: LandingFile, subfolder: str, how: Callable[[Path, Path], object], verb: str) -> str:
+        """Move or copy (`how`) the file into `subfolder` under a name no other file has; its new key."""
         target = _destination(self, file, subfolder)
         source, destination = self._path(file.key), self._path(target)
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, destination)
+            how(source, destination)
         except OSError as exc:
+            pending = ": it stays pending;" if verb == "move" else ":"
+            then = ", and the next run moves it" if verb == "move" else ""
             raise LandingError(
-                f"cannot copy {source} to {destination.parent}/ ({exc.strerror}): "
-                f"make {destination.parent} a folder this process can write"
+                f"cannot {verb} {source} to {destination.parent}/ ({exc.strerror}){pending} "
+                f"make {destination.parent} a folder this process can write{then}"
             ) from None
         return target
 
