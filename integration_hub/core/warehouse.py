@@ -49,7 +49,11 @@ LAKE = "lake"  # the name the lake is attached under in every connection
 # user_id range leaves the user out, so files are a few MB of small row groups (measured by
 # benchmarks/bench_lake.py part 3; a full scan is as fast). ensure_schema sets them on every lake.
 PARQUET_ROW_GROUP_ROWS = 16_384
-LAKE_FILE_OPTIONS = {"parquet_row_group_size": str(PARQUET_ROW_GROUP_ROWS), "target_file_size": "16000000"}  # bytes
+# Lake option -> (the value set, the value the lake shows for it: a size without its unit).
+LAKE_FILE_OPTIONS = {
+    "parquet_row_group_size": (str(PARQUET_ROW_GROUP_ROWS), str(PARQUET_ROW_GROUP_ROWS)),
+    "target_file_size": ("16000000B", "16000000"),
+}
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 TAG_INTEGRATION = "integration_hub/integration"  # run tag naming the integration (core.assets re-exports it)
 
@@ -953,7 +957,7 @@ def _rendered_query(con: duckdb.DuckDBPyConnection, sql: str) -> str:
 def _file_options_to_set(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     """The LAKE_FILE_OPTIONS the lake does not have yet (a new lake, or one made before them)."""
     current = dict(con.execute(f"SELECT option_name, value FROM {LAKE}.options() WHERE scope = 'GLOBAL'").fetchall())
-    return {name: value for name, value in LAKE_FILE_OPTIONS.items() if current.get(name) != value}
+    return {name: value for name, (value, shown) in LAKE_FILE_OPTIONS.items() if current.get(name) != shown}
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
@@ -963,8 +967,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
         return  # every run calls this: no empty snapshot, no turn at the write lock
     with transaction(con):
         for name, value in options.items():
-            unit = "B" if name == "target_file_size" else ""  # the catalog shows the size without its unit
-            con.execute(f"CALL {LAKE}.set_option({literal(name)}, {literal(value + unit)})")
+            con.execute(f"CALL {LAKE}.set_option({literal(name)}, {literal(value)})")
         ensure_bookkeeping(con)
         for integration in catalog.inbound:
             ensure_attribute_table(con, integration)
