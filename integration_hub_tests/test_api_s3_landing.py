@@ -100,14 +100,15 @@ def test_a_key_whose_request_was_refused_is_free_at_once(connection: S3Connectio
 def test_a_dead_replicas_claim_is_taken_over_once_and_its_late_write_fails(
     connection: S3Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(s3_batches, "CLAIM_SECONDS", 1.0)
     dead, one, two = replica(connection), replica(connection), replica(connection)
     assert dead._take("k3") is None  # claimed, then the process stalls without landing
     with pytest.raises(IdempotencyBusy), one.claim_idempotency("k3"):
         pass
-    time.sleep(1.2)
+    # CLAIM_SECONDS pass (set, not slept: a loaded machine must not let the first claim expire early).
+    monkeypatch.setattr(s3_batches, "CLAIM_SECONDS", 0.0)
     with one.claim_idempotency("k3") as first:
         assert first is None, "taken over after CLAIM_SECONDS"
+        monkeypatch.setattr(s3_batches, "CLAIM_SECONDS", 60.0)
         with pytest.raises(IdempotencyBusy), two.claim_idempotency("k3"):
             pass
         batch_id = land(one, "k3")
