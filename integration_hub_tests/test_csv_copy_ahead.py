@@ -19,7 +19,7 @@ from integration_hub.core.landing import LandingFile, LandingStore, landing_stor
 from integration_hub.core.warehouse import LAKE, ensure_schema, open_reader, open_writer
 from integration_hub.inbound_csv.processing import FileMoves, process_file
 from integration_hub_tests.conftest import _moto_landing
-from integration_hub_tests.support import BUCKET, PREFIX, Landing, query, run_job, runs_of
+from integration_hub_tests.support import BUCKET, PREFIX, Landing, query, runs_of
 
 HEADER = "email,Plan Tier,tickets,is_active,signup,last_login\n"
 SEED = HEADER + "ann@x.com,gold,5,yes,2024-01-01,2024-05-01T10:00:00Z\nbob@x.com,silver,1,no,2024-02-01,\n"
@@ -67,7 +67,7 @@ def s3(tmp_path: Path) -> Iterator[tuple[Landing, Catalog]]:
     with _moto_landing(tmp_path) as landing:
         catalog = landing.write_catalog()
         landing.put("crm/seed.csv", SEED)
-        assert run_job(catalog, "crm").success
+        process(catalog, store_of(catalog), "crm/seed.csv")
         yield landing, catalog
 
 
@@ -76,10 +76,14 @@ def watched(s3: tuple[Landing, Catalog]) -> Iterator[Callable[..., WatchedStore]
     """Makes the catalog's S3 store watched, over a reader of the lake opened beforehand."""
     _, catalog = s3
     with open_reader(catalog, private=True) as reader:
-        yield lambda **kwargs: WatchedStore(landing_store(catalog, catalog.connection("landing")), reader, **kwargs)
+        yield lambda **kwargs: WatchedStore(store_of(catalog), reader, **kwargs)
 
 
-def process(catalog: Catalog, store: WatchedStore, key: str, copy_ahead_min_bytes: int = 1) -> None:
+def store_of(catalog: Catalog) -> LandingStore:
+    return landing_store(catalog, catalog.connection("landing"))
+
+
+def process(catalog: Catalog, store: LandingStore | WatchedStore, key: str, copy_ahead_min_bytes: int = 1) -> None:
     """One pending file through process_file, as the asset runs it (copying ahead from 1 byte)."""
     integration = catalog.integration("crm")
     file = next(f for f in store.list_pending("crm") if f.key == key)
@@ -153,13 +157,13 @@ def test_a_copy_left_by_a_killed_run_is_reused_and_another_file_of_the_name_is_k
     # What a run killed after copying ahead leaves: the copy in success/, the original still pending.
     source = {"Bucket": BUCKET, "Key": posixpath.join(PREFIX, "crm/users.csv")}
     landing.s3.copy_object(CopySource=source, Bucket=BUCKET, Key=posixpath.join(PREFIX, "crm/success/users.csv"))
-    assert run_job(catalog, "crm").success
+    process(catalog, store_of(catalog), "crm/users.csv")
     assert landing.keys() == ["success/seed.csv", "success/users.csv"]
     assert runs_of(catalog)[-1]["rows_applied"] == 300
 
     # A different file of the same name is never overwritten: the next one gets a dated name.
     landing.put("crm/users.csv", HEADER + rows(301))
-    assert run_job(catalog, "crm").success
+    process(catalog, store_of(catalog), "crm/users.csv")
     dated = [name for name in landing.keys() if name not in ("success/seed.csv", "success/users.csv")]
     assert len(dated) == 1 and dated[0].startswith("success/users.") and len(landing.keys()) == 3
     assert landing.read("crm/success/users.csv") == content
