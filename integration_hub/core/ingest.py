@@ -423,9 +423,10 @@ def apply_source(
     """Validate a source relation and apply its good rows; bookkeeping in the same transaction.
 
     `before_commit(con, run)` runs inside the transaction after the decision (used to record
-    processed files). `on_decision(applying)` is called once the rows are validated, before they are
-    applied: whether they will be (unless the commit fails). If more than `max_rejected_ratio` of the rows are rejected, or no row is
-    valid, nothing is applied and the run is failed. `progress` gets a line per step.
+    processed files). `on_decision(applying)` is called once the rows are validated, before they
+    are applied: whether they will be (unless the commit fails). If more than `max_rejected_ratio`
+    of the rows are rejected, or no row is valid, nothing is applied and the run is failed.
+    `progress` gets a line per step.
 
     The source is read, cast and validated once, into a Parquet file in the temp folder.
     A large source rewrites its table into new files before the write transaction, which then

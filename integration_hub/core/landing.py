@@ -104,17 +104,18 @@ def _sorted(files: list[LandingFile]) -> list[LandingFile]:
 
 def _destination(
     store: LandingStore, file: LandingFile, subfolder: str, reusable: Callable[[str], bool] | None = None
-) -> str:
-    """Where the file goes in `subfolder`: its name, else a dated one. `reusable(key)` says whether a
-    file already there is this file's own copy, which the move may take as done."""
+) -> tuple[str, bool]:
+    """Where the file goes in `subfolder`: its name, else a dated one; and whether a file already
+    there is this file's own copy (`reusable(key)`), which the caller takes as done."""
     folder = posixpath.dirname(file.key)
     target = posixpath.join(folder, subfolder, file.name)
     attempt = 1
-    # Never overwrite an earlier file of the same name.
-    while store.exists(target) and not (reusable is not None and reusable(target)):
+    while store.exists(target):  # never overwrite an earlier file of the same name
+        if reusable is not None and reusable(target):
+            return target, True
         target = posixpath.join(folder, subfolder, _dated_name(file.name, attempt))
         attempt += 1
-    return target
+    return target, False
 
 
 class LocalLandingStore:
@@ -176,7 +177,7 @@ class LocalLandingStore:
 
     def _place(self, file: LandingFile, subfolder: str, how: Callable[[Path, Path], object], verb: str) -> str:
         """Move or copy (`how`) the file into `subfolder` under a name no other file has; its new key."""
-        target = _destination(self, file, subfolder)
+        target, _ = _destination(self, file, subfolder)
         source, destination = self._path(file.key), self._path(target)
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -305,16 +306,15 @@ class S3LandingStore:
         from boto3.s3.transfer import TransferConfig
 
         source = {"Bucket": self.bucket, "Key": self._key(file.key)}
-        original = self._call("cannot move", self.client.head_object, **source)
-        reused: list[str] = []
+        original: dict[str, Any] = {}
 
         def own_copy(key: str) -> bool:
-            # A copy that a killed run left behind (same size and ETag, made since) is this file's: it is reused.
-            if self._same_object(key, original):
-                reused.append(key)
-            return bool(reused)
+            # A copy that a killed run left behind (same size and ETag, made since) is this file's: it
+            # is reused. Asked only when a file of the name is there, so only then is the original read.
+            original.update(original or self._call("cannot move", self.client.head_object, **source))
+            return self._same_object(key, original)
 
-        target = _destination(self, file, subfolder, own_copy)
+        target, reused = _destination(self, file, subfolder, own_copy)
         if not reused:
             # One server-side CopyObject up to 5 GB (multipart copy only beyond).
             config = TransferConfig(multipart_threshold=COPY_OBJECT_LIMIT, multipart_chunksize=LARGE_PART * 4)
