@@ -14,9 +14,10 @@ import duckdb
 import pytest
 
 from integration_hub.core.catalog import Catalog
-from integration_hub.core.ingest import REWRITE_MIN_ROWS
+from integration_hub.core.ingest import REWRITE_MIN_ROWS, Progress
 from integration_hub.core.landing import LandingFile, LandingStore, landing_store
 from integration_hub.core.warehouse import LAKE, ensure_schema, open_reader, open_writer
+from integration_hub.inbound_csv import processing
 from integration_hub.inbound_csv.processing import FileMoves, process_file
 from integration_hub_tests.conftest import _moto_landing
 from integration_hub_tests.support import BUCKET, PREFIX, Landing, query, runs_of
@@ -38,6 +39,12 @@ class WatchedStore:
         self._fail_copies = fail_copies
         self.moves_by_copy = store.moves_by_copy
         self.events: list[tuple[str, str, int]] = []
+        self.fetched: list[Path] = []
+
+    def fetch(self, file: LandingFile, work_dir: Path) -> Path:
+        path = self._store.fetch(file, work_dir)
+        self.fetched.append(path)
+        return path
 
     def _users(self) -> int:
         return self._reader.cursor().execute(f"SELECT count(*) FROM {LAKE}.attributes_crm").fetchone()[0]
@@ -83,14 +90,16 @@ def store_of(catalog: Catalog) -> LandingStore:
     return landing_store(catalog, catalog.connection("landing"))
 
 
-def process(catalog: Catalog, store: LandingStore | WatchedStore, key: str, copy_ahead_min_bytes: int = 1) -> None:
+def process(
+    catalog: Catalog, store: LandingStore | WatchedStore, key: str, copy_ahead_min_bytes: int = 1, progress: Progress | None = None
+) -> None:
     """One pending file through process_file, as the asset runs it (copying ahead from 1 byte)."""
     integration = catalog.integration("crm")
     file = next(f for f in store.list_pending("crm") if f.key == key)
     with open_writer(catalog) as con:
         ensure_schema(con, catalog)
         with FileMoves(con, store, copy_ahead_min_bytes) as moves:  # type: ignore[arg-type]
-            process_file(con, store, integration, file, moves=moves)  # type: ignore[arg-type]
+            process_file(con, store, integration, file, progress=progress, moves=moves)  # type: ignore[arg-type]
 
 
 def test_a_large_file_is_copied_to_success_before_its_commit_and_deleted_after_it(s3: tuple[Landing, Catalog], watched: Callable[..., WatchedStore]) -> None:
@@ -106,6 +115,29 @@ def test_a_large_file_is_copied_to_success_before_its_commit_and_deleted_after_i
     assert landing.read("crm/success/users.csv") == HEADER + rows(REWRITE_MIN_ROWS)
     moved = query(catalog, "SELECT moved_to FROM processed_files WHERE key = 'crm/users.csv'")
     assert moved == [("crm/success/users.csv",)]
+
+
+def test_the_downloaded_copy_is_removed_once_its_rows_are_staged_before_the_commit(
+    s3: tuple[Landing, Catalog], watched: Callable[..., WatchedStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    landing, catalog = s3
+    landing.put("crm/users.csv", HEADER + rows(1000))
+    monkeypatch.setattr(processing, "PROGRESS_MIN_BYTES", 0)  # progress lines for this small file too
+    store = watched()
+    still_there: list[bool] = []
+
+    def progress(line: str) -> None:
+        if line.startswith("committed"):  # the run is still inside the file's apply here
+            # Removed after the hash, which the commit waited for: at most a moment behind it.
+            deadline = time.monotonic() + 5
+            while store.fetched[-1].exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            still_there.append(store.fetched[-1].exists())
+
+    process(catalog, store, "crm/users.csv", progress=progress)
+    assert still_there == [False]
+    assert query(catalog, "SELECT count(*) FROM attributes_crm") == [(1002,)]
+    assert landing.keys() == ["success/seed.csv", "success/users.csv"]
 
 
 def test_a_file_under_the_size_is_moved_after_its_commit(s3: tuple[Landing, Catalog], watched: Callable[..., WatchedStore]) -> None:

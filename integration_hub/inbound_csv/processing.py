@@ -15,7 +15,9 @@ import logging
 import posixpath
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -273,7 +275,11 @@ def process_file(
         with ThreadPoolExecutor(max_workers=1) as pool:
             # Hashing (and checking a gzip stream) overlaps DuckDB's work; it is needed only before the commit.
             digest: Future[FileDigest] = pool.submit(digest_file, path, file.name.lower().endswith(".gz"))
-            run = _apply_file(con, integration, file, path, work_dir, run, digest, progress, moves)
+            # A downloaded copy (not the landed file itself) is read by nothing but the hash once its
+            # rows are staged. Removing 1 GB takes a second or more on some file systems: after the
+            # hash, in the same worker, beside the apply.
+            release = partial(pool.submit, path.unlink, missing_ok=True) if path.is_relative_to(work_dir) else None
+            run = _apply_file(con, integration, file, path, work_dir, run, digest, progress, moves, release)
         moves.submit(file, run, _errors_csv(con, run, work_dir))
     return run
 
@@ -297,9 +303,19 @@ def _apply_file(
     digest: Future[FileDigest],
     progress: Progress | None,
     moves: FileMoves,
+    release: Callable[[], object] | None = None,
 ) -> RunRecord:
+    """Stage, validate and apply the fetched file at `path`; `release()` (if given) once its rows are staged."""
     where = run.source
     gzipped = file.name.lower().endswith(".gz")
+    released = False
+
+    def decided(applying: bool) -> None:
+        nonlocal released
+        moves.copy_ahead(file, failed=not applying)
+        if release is not None:
+            release()
+            released = True
 
     def before_commit(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
         checked = digest.result()
@@ -319,7 +335,7 @@ def _apply_file(
             max_rejected_ratio=integration.max_rejected_ratio,
             row_offset=1,  # the header is row 1, as a spreadsheet shows it
             before_commit=before_commit,
-            on_decision=lambda applying: moves.copy_ahead(file, failed=not applying),
+            on_decision=decided,
             progress=progress,
         )
 
@@ -336,6 +352,8 @@ def _apply_file(
     def read_after_failure(shape: CsvShape, extra: int | None, failure: duckdb.Error) -> RunRecord:
         """The error path: find every row that does not fit. A broken row fails the file (diagnose
         raises); rows with too few or too many cells are read padded and rejected one by one."""
+        if released:  # failed after the rows were read (not a read error): the file is gone anyway
+            raise failure
         if digest.result().gzip_problem or not _is_read_error(failure, path):
             raise unreadable(failure)
         try:
