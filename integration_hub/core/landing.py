@@ -311,7 +311,8 @@ class S3LandingStore:
         def own_copy(key: str) -> bool:
             # A copy that a killed run left behind (same size and ETag, made since) is this file's: it
             # is reused. Asked only when a file of the name is there, so only then is the original read.
-            original.update(original or self._call("cannot move", self.client.head_object, **source))
+            if not original:
+                original.update(self._call("cannot move", self.client.head_object, **source))
             return self._same_object(key, original)
 
         target, reused = _destination(self, file, subfolder, own_copy)

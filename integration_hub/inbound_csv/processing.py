@@ -352,9 +352,9 @@ def _apply_file(
     def read_after_failure(shape: CsvShape, extra: int | None, failure: duckdb.Error) -> RunRecord:
         """The error path: find every row that does not fit. A broken row fails the file (diagnose
         raises); rows with too few or too many cells are read padded and rejected one by one."""
-        if released:  # failed after the rows were read (not a read error): the file is gone anyway
-            raise failure
-        if digest.result().gzip_problem or not _is_read_error(failure, path):
+        # Diagnosing reads the file again: not once it is released (a failure after staging is not
+        # about its rows), and it is explained like any other failure instead.
+        if digest.result().gzip_problem or released or not _is_read_error(failure, path):
             raise unreadable(failure)
         try:
             diagnosis = diagnose(con, path, integration, shape, where)
