@@ -396,6 +396,37 @@ def test_writers_of_one_process_start_clean_after_each_other_after_an_error_and_
         assert con is not None and con.execute("SELECT n FROM t").fetchall() == [("made anew",)]
 
 
+def test_a_duckdb_done_with_one_lake_serves_the_next_with_nothing_of_the_first_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from integration_hub.core import warehouse
+
+    loaded: list[str] = []
+    load = warehouse._load_extensions
+    monkeypatch.setattr(warehouse, "_load_extensions", lambda con, names: (loaded.extend(names), load(con, names)))
+    lakes = [Lake(tmp_path / f"{n}/catalog.sqlite", tmp_path / f"{n}/lake") for n in range(4)]
+    for n, lake in enumerate(lakes):
+        lake.catalog_path.parent.mkdir()
+        with open_writer(lake) as con, transaction(con):
+            con.execute(f"CREATE TABLE t AS SELECT {n} AS n")
+            if n == 0:  # what a writer may leave in its whole DuckDB
+                con.execute("CREATE TEMPORARY SECRET leftover (TYPE s3, KEY_ID 'k', SECRET 's')")
+                con.execute("SET parquet_metadata_cache = true")
+                con.execute(f"SET temp_directory = '{tmp_path / 'scratch'}'")
+    # Each lake had a writer; the process keeps two, so the first two went back as spare DuckDBs.
+    fresh = loaded.count("ducklake")
+    for lake in lakes:
+        with open_reader(lake) as con:
+            assert con is not None
+            databases = {row[0] for row in con.execute("SELECT database_name FROM duckdb_databases() WHERE NOT internal").fetchall()}
+            assert databases == {"memory", "lake", "__ducklake_metadata_lake"}
+            assert con.execute("SELECT count(*) FROM duckdb_secrets()").fetchone() == (0,)
+            assert con.execute("SELECT current_setting('parquet_metadata_cache')").fetchone() == (True,)  # a reader's own
+            assert con.execute("SELECT current_setting('temp_directory')").fetchone()[0] != str(tmp_path / "scratch")
+            assert con.execute("SELECT n FROM t").fetchall() == [(lakes.index(lake),)]
+    assert loaded.count("ducklake") - fresh < len(lakes), "no spare DuckDB was used again"
+
+
 def test_writes_of_two_connections_take_turns_and_both_commit(local_landing: Landing) -> None:
     catalog = local_landing.write_catalog()
     errors: list[BaseException] = []

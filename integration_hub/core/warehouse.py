@@ -428,19 +428,72 @@ def _load_extensions(con: duckdb.DuckDBPyConnection, names: tuple[str, ...]) -> 
             con.execute(f"LOAD {name}")
 
 
+# Loading the lake's extensions into a new DuckDB costs ~0.35 s of CPU, nearly all of it checking
+# their signatures (50 MB each). A DuckDB a reader or writer is done with is detached from its
+# lake, reset, and kept here (the last few) for the next new_connection of this process.
+_SPARE: list[tuple[int, duckdb.DuckDBPyConnection]] = []  # (pid, DuckDB): never one a parent made
+_SPARE_LOCK = threading.Lock()
+SPARE_DUCKDBS = 2
+# The settings a reader or writer changes for its whole DuckDB, back to their defaults before reuse
+# (memory_limit and TimeZone are set by every new_connection).
+_RESET_SETTINGS = ("temp_directory", "parquet_metadata_cache", "preserve_insertion_order", "http_timeout", "http_retries")
+
+
+def _spare_duckdb() -> duckdb.DuckDBPyConnection | None:
+    with _SPARE_LOCK:
+        while _SPARE:
+            pid, con = _SPARE.pop()
+            if pid == os.getpid():
+                return con
+    return None
+
+
+def retire(con: duckdb.DuckDBPyConnection) -> None:
+    """Close a DuckDB from new_connection, or keep it for the next one: lakes detached, secrets dropped,
+    settings reset. One that cannot be reset cleanly (or is not needed) is closed."""
+    try:
+        con.execute("USE memory")
+        attached = con.execute(
+            "SELECT database_name FROM duckdb_databases() WHERE NOT internal AND database_name <> 'memory' "
+            "AND NOT starts_with(database_name, '__ducklake_metadata_')"
+        ).fetchall()
+        for (name,) in attached:  # DuckLake detaches its catalog database with the lake
+            con.execute(f"DETACH {ident(name)}")
+        for (name,) in con.execute("SELECT name FROM duckdb_secrets() WHERE NOT persistent").fetchall():
+            con.execute(f"DROP TEMPORARY SECRET {ident(name)}")
+        for setting in _RESET_SETTINGS:
+            con.execute(f"RESET GLOBAL {setting}")
+        left = con.execute("SELECT count(*) FROM duckdb_databases() WHERE NOT internal").fetchone()[0]
+    except duckdb.Error:
+        left = -1
+    closing = [con] if left != 1 else []  # only `memory` may be left
+    with _SPARE_LOCK:
+        if not closing:
+            _SPARE.append((os.getpid(), con))
+        while len(_SPARE) > SPARE_DUCKDBS:
+            closing.append(_SPARE.pop(0)[1])
+    for spare in closing:
+        spare.close()
+
+
 def new_connection(memory_limit: str | None = None, temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the lake's extensions loaded (unsigned extensions stay refused)."""
-    config: dict[str, Any] = {"custom_user_agent": "integration_hub", "autoinstall_known_extensions": False}
-    folder = extension_directory()
-    if folder:
-        config["extension_directory"] = folder
-    con = duckdb.connect(config=config)
+    """An in-memory DuckDB with the lake's extensions loaded (unsigned extensions stay refused).
+
+    Give it back with `retire` (or close it) when done.
+    """
+    con = _spare_duckdb()
+    if con is None:
+        config: dict[str, Any] = {"custom_user_agent": "integration_hub", "autoinstall_known_extensions": False}
+        folder = extension_directory()
+        if folder:
+            config["extension_directory"] = folder
+        con = duckdb.connect(config=config)
+        _load_extensions(con, ("ducklake",))
     con.execute("SET TimeZone = 'UTC'")
     limit = memory_limit or os.environ.get(MEMORY_LIMIT_ENV) or DEFAULT_MEMORY_LIMIT
     con.execute(f"SET memory_limit = {literal(limit)}")
     if temp_directory is not None:
         con.execute(f"SET temp_directory = {literal(str(temp_directory))}")
-    _load_extensions(con, ("ducklake", "sqlite"))
     return con
 
 
@@ -536,8 +589,7 @@ def prepare_lake(lake: Lake) -> None:
 
 def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:
     try:
-        if lake.on_postgres:
-            _load_extensions(con, ("postgres",))
+        _load_extensions(con, ("postgres",) if lake.on_postgres else ("sqlite",))
         if lake.s3 is not None:
             _load_extensions(con, ("httpfs",))
             lake.s3.setup(con)
@@ -592,12 +644,18 @@ def _instance_key(lake: Lake, memory_limit: str) -> tuple[Any, ...]:
     return (os.getpid(), str(lake.catalog_path), lake.data_url, access, *identity, memory_limit)
 
 
+def _same_lake(kept: tuple[Any, ...], wanted: tuple[Any, ...]) -> bool:
+    """Whether a kept DuckDB's key is of the same lake (process, catalog, data path) but no longer matches."""
+    return kept[:3] == wanted[:3] and kept != wanted
+
+
 def _new_reader(lake: Lake, memory_limit: str) -> duckdb.DuckDBPyConnection:
     if lake.catalog_path is not None:
         _check_catalog_once(lake.catalog_path)
     con = new_connection(memory_limit=memory_limit)
-    # The lake's files never change once written: their footers can be kept between queries.
-    con.execute("SET parquet_metadata_cache = true")
+    # The lake's files never change once written: their footers can be kept between queries. GLOBAL:
+    # a plain SET would hold only for this connection, not for the readers' cursors.
+    con.execute("SET GLOBAL parquet_metadata_cache = true")
     try:
         attach(con, lake, read_only=True)
     except LakeError:
@@ -633,7 +691,13 @@ def open_reader(
         yield None
         return
     with _READERS_LOCK:
-        shared = _READERS.pop(key, None) or _SharedReader(_new_reader(lake, memory_limit))
+        shared = _READERS.pop(key, None)
+        if shared is None:
+            for other_key, other in list(_READERS.items()):
+                if other.users == 0 and _same_lake(other_key, key):  # kept for a former state of the catalog file
+                    del _READERS[other_key]
+                    retire(other.base)
+            shared = _SharedReader(_new_reader(lake, memory_limit))
         _READERS[key] = shared  # now the most recently used
         shared.users += 1
         # Close the least recently used ones nobody is reading from (closing a DuckDB closes its
@@ -641,7 +705,7 @@ def open_reader(
         for other_key, other in list(_READERS.items())[:-SHARED_READERS]:
             if other.users == 0:
                 del _READERS[other_key]
-                other.base.close()
+                retire(other.base)
         con = shared.base.cursor()
     try:
         con.execute(f"USE {LAKE}")
@@ -697,7 +761,7 @@ def _keep_writer(key: tuple[Any, ...], base: duckdb.DuckDBPyConnection) -> None:
             if not _IDLE_WRITERS[k]:
                 del _IDLE_WRITERS[k]
     for _, b in closing:
-        b.close()
+        retire(b)
 
 
 @contextmanager
@@ -706,9 +770,15 @@ def open_writer(where: Catalog | Lake) -> Iterator[duckdb.DuckDBPyConnection]:
     lake = _lake_of(where)
     prepare_lake(lake)
     key = _writer_key(lake)
+    stale: list[duckdb.DuckDBPyConnection] = []
     with _IDLE_WRITERS_LOCK:
         idle = _IDLE_WRITERS.get(key, []) if key is not None else []
         base = idle.pop() if idle else None
+        if base is None and key is not None:  # kept for a former state of the catalog file: of no more use
+            for other_key in [k for k in _IDLE_WRITERS if _same_lake(k, key)]:
+                stale += _IDLE_WRITERS.pop(other_key)
+    for old in stale:
+        retire(old)
     base = base or _new_writer(lake)
     # A connection of its own (`cursor`): a fresh session, no temporary tables of the last writer.
     con = base.cursor()
