@@ -861,12 +861,20 @@ def integration_lock(where: Catalog | Lake, integration: str) -> Any:
 
 def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     """A table's columns in order, name -> DuckDB type; empty if there is no such table."""
+    return tables_columns(con, [table])[table]
+
+
+def tables_columns(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str, dict[str, str]]:
+    """`table_columns` of several tables, in one look at the catalog (each look reads the lake's catalog)."""
     rows = con.execute(
-        "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
-        "AND schema_name = 'main' AND table_name = ? ORDER BY column_index",
-        [table],
+        "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND list_contains(?, table_name) ORDER BY table_name, column_index",
+        [tables],
     ).fetchall()
-    return {name: data_type for name, data_type in rows}
+    found: dict[str, dict[str, str]] = {table: {} for table in tables}
+    for table, name, data_type in rows:
+        found[table][name] = data_type
+    return found
 
 
 def table_data_folder(con: duckdb.DuckDBPyConnection, table: str) -> str:
@@ -912,9 +920,14 @@ def same_type(actual: str, wanted: str) -> bool:
     return _TYPE_ALIASES.get(actual, actual) == _TYPE_ALIASES.get(wanted, wanted)
 
 
-def ensure_table(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str]) -> None:
-    """Create the table, or add/retype columns the catalog added or changed (no-op when it matches)."""
-    existing = table_columns(con, table)
+def ensure_table(
+    con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], existing: dict[str, str] | None = None
+) -> None:
+    """Create the table, or add/retype columns the catalog added or changed (no-op when it matches).
+
+    `existing`: the table's columns (`table_columns`), when the caller has just read them.
+    """
+    existing = table_columns(con, table) if existing is None else existing
     if not existing:
         body = ", ".join(f"{ident(name)} {sql_type}" for name, sql_type in columns.items())
         with transaction(con):
@@ -955,8 +968,9 @@ def attribute_columns(integration: InboundIntegration) -> dict[str, str]:
 
 
 def ensure_bookkeeping(con: duckdb.DuckDBPyConnection) -> None:
+    existing = tables_columns(con, list(BOOKKEEPING_TABLES))
     for table, columns in BOOKKEEPING_TABLES.items():
-        ensure_table(con, table, columns)
+        ensure_table(con, table, columns, existing[table])
 
 
 def ensure_attribute_table(con: duckdb.DuckDBPyConnection, integration: InboundIntegration) -> str:
