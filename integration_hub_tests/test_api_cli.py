@@ -99,6 +99,9 @@ def test_registered_in_the_integration_hub_command_line(
     parser = build_parser()
     args = parser.parse_args(["api", "--port", "9999", "--workers", "2", "--rate-limit", "10"])
     assert (args.port, args.workers, args.rate_limit, args.max_records) == (9999, 2, 10.0, 2000)
+    assert parser.parse_args(["api"]).claim_timeout == 60.0
+    assert run(catalog, "api", "--claim-timeout", "1") == 1
+    assert "--claim-timeout must be at least 5 seconds" in capsys.readouterr().err
     assert callable(args.func)
     assert main(["--catalog", str(catalog_path(catalog)), "tokens", "create", "via-main", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "via-main"

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from integration_hub.api import s3_batches
 from integration_hub.api.batches import IdempotencyBusy, batch_store, new_batch_id
 from integration_hub.api.s3_batches import LandingUnavailable, S3BatchStore
 from integration_hub.core.catalog import CatalogError, S3Connection, load_catalog
@@ -97,18 +96,15 @@ def test_a_key_whose_request_was_refused_is_free_at_once(connection: S3Connectio
         land(two, "k2")
 
 
-def test_a_dead_replicas_claim_is_taken_over_once_and_its_late_write_fails(
-    connection: S3Connection, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_dead_replicas_claim_is_taken_over_once_and_its_late_write_fails(connection: S3Connection) -> None:
     dead, one, two = replica(connection), replica(connection), replica(connection)
     assert dead._take("k3") is None  # claimed, then the process stalls without landing
     with pytest.raises(IdempotencyBusy), one.claim_idempotency("k3"):
         pass
-    # CLAIM_SECONDS pass (set, not slept: a loaded machine must not let the first claim expire early).
-    monkeypatch.setattr(s3_batches, "CLAIM_SECONDS", 0.0)
+    # The claim timeout passes (set, not slept: a loaded machine must not let the first claim expire early).
+    one.claim_timeout = 0.0
     with one.claim_idempotency("k3") as first:
-        assert first is None, "taken over after CLAIM_SECONDS"
-        monkeypatch.setattr(s3_batches, "CLAIM_SECONDS", 60.0)
+        assert first is None, "taken over after the claim timeout"
         with pytest.raises(IdempotencyBusy), two.claim_idempotency("k3"):
             pass
         batch_id = land(one, "k3")

@@ -71,6 +71,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         max_header_bytes=args.max_header_bytes,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        claim_timeout=args.claim_timeout,
     )
     if args.workers < 1:
         raise ApiCommandError("--workers must be at least 1")
@@ -78,6 +79,8 @@ def cmd_api(args: argparse.Namespace) -> int:
         raise ApiCommandError("--max-body-bytes must be at least 1024 and --max-records at least 1")
     if settings.max_header_bytes < 1024:
         raise ApiCommandError("--max-header-bytes must be at least 1024")
+    if settings.claim_timeout < 5:
+        raise ApiCommandError("--claim-timeout must be at least 5 seconds: a live replica may take that long to land a batch")
     if not (settings.header_timeout > 0 and settings.body_timeout > 0):
         raise ApiCommandError("--header-timeout and --body-timeout must be more than 0 seconds")
     api = [i.name for i in catalog.integrations if isinstance(i, ApiIntegration)]
@@ -263,7 +266,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
             "Serve the End User Update API with uvicorn. A 202 means the accepted records are on disk; "
             "the integration's sensor applies them to DuckDB (run `dagster dev` or `integration-hub demo`). "
             "Limits can also be set with $INTEGRATION_HUB_API_MAX_BODY_BYTES, _MAX_RECORDS, _RATE_LIMIT, "
-            "_RATE_BURST, _MAX_HEADER_BYTES, _HEADER_TIMEOUT, _BODY_TIMEOUT."
+            "_RATE_BURST, _MAX_HEADER_BYTES, _HEADER_TIMEOUT, _BODY_TIMEOUT, _CLAIM_TIMEOUT."
         ),
     )
     api.add_argument(
@@ -320,6 +323,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         default=env_float("BODY_TIMEOUT", 10.0),
         metavar="SECONDS",
         help="the longest pause allowed in the middle of a body (default 10); else 408",
+    )
+    api.add_argument(
+        "--claim-timeout",
+        type=float,
+        default=env_float("CLAIM_TIMEOUT", 60.0),
+        metavar="SECONDS",
+        help="with an S3 landing: after this, another replica takes over an Idempotency-Key whose replica "
+        "died before its batch landed (default 60; at least 5)",
     )
     api.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     api.add_argument("--no-access-log", action="store_true", help="do not log each request")

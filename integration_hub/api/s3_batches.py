@@ -15,7 +15,7 @@ Idempotency keys are honoured across replicas with conditional writes: a replica
 by creating its object with `If-None-Match: *` (exactly one replica can), writes the answer
 into it (`If-Match` its claim) before landing the batch, and any replica replays that answer
 once the batch exists. A claim that never led to a batch (a replica died) is taken over after
-CLAIM_SECONDS, again conditionally, so two replicas never both take it.
+the server's `claim_timeout` (60 s), again conditionally, so two replicas never both take it.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ from .batches import (
     IdempotencyBusy,
     _dumps,
 )
+from .settings import process_settings
 
-CLAIM_SECONDS = 60.0  # an idempotency claim without its batch this old belongs to a replica that died
 MOVE_THREADS = 16  # finishing a group of small batches: copies and PUTs in parallel
 HEALTH_SECONDS = 5.0  # /healthz asks S3 at most this often
 
@@ -74,6 +74,8 @@ class S3BatchStore:
         self._claims: dict[str, str] = {}  # key hash -> ETag of this replica's claim
         self._claims_lock = threading.Lock()
         self._health: tuple[float, str | None] = (0.0, None)
+        # An idempotency claim without its batch this old belongs to a replica that died.
+        self.claim_timeout = process_settings().claim_timeout
 
     @cached_property
     def client(self) -> Any:
@@ -193,7 +195,7 @@ class S3BatchStore:
         """Make an accepted batch durable: the idempotency answer, the status, then the data.
 
         The batch exists once its data object does; an idempotency answer whose batch is missing
-        is an attempt still under way, or one that died (taken over after CLAIM_SECONDS).
+        is an attempt still under way, or one that died (taken over after `claim_timeout`).
         """
         if idempotency is not None:
             key_hash, record = idempotency
@@ -228,7 +230,7 @@ class S3BatchStore:
                 batch_id, integration = record["batch_id"], record.get("integration", "")
                 if isinstance(batch_id, str) and self.locate(batch_id, [integration]) is not None:
                     return record
-            if now - created < CLAIM_SECONDS:
+            if now - created < self.claim_timeout:
                 raise IdempotencyBusy()
             conditions = {"IfMatch": etag}  # a dead attempt's claim, or a key past its window
         try:
@@ -248,7 +250,7 @@ class S3BatchStore:
             # Still claimed, so nothing was landed (a 4xx answer, or storage failed): free the key now.
             try:
                 self.client.delete_object(Bucket=self.bucket, Key=self._key(IDEMPOTENCY_DIR, f"{key_hash}.json"))
-            except Exception:  # noqa: BLE001 - the claim then expires after CLAIM_SECONDS
+            except Exception:  # noqa: BLE001 - the claim then expires after claim_timeout
                 pass
 
     def prune_idempotency(self, now: float | None = None) -> int:

@@ -22,6 +22,9 @@ class ApiSettings:
     max_header_bytes: int = 16 * 1024  # the request line and headers together
     header_timeout: float = 10.0  # seconds for the request line and headers to arrive
     body_timeout: float = 10.0  # the longest pause in the middle of a body, in seconds
+    # Seconds before another replica takes over an Idempotency-Key whose replica died before its
+    # batch landed (S3 landing): longer than a landing can take, else two replicas could land one key.
+    claim_timeout: float = 60.0
 
     @property
     def max_containers(self) -> int:
