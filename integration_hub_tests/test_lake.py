@@ -58,6 +58,31 @@ def test_a_new_lake_is_created_on_first_use(local_landing: Landing) -> None:
     assert query(catalog, "SELECT user_id, plan FROM attributes_crm") == [("a@x.com", "gold")]
 
 
+def test_a_current_schema_takes_no_snapshot_and_a_new_property_adds_its_column(local_landing: Landing) -> None:
+    from integration_hub.core.warehouse import ensure_schema
+    from integration_hub_tests.support import CRM_INTEGRATION
+
+    catalog = local_landing.write_catalog()
+    local_landing.put("crm/a.csv", HEADER + "a@x.com,gold,1,yes,2024-01-01,\n")
+    assert run_job(catalog, "crm").success
+
+    def snapshots() -> int:
+        return query(catalog, "SELECT count(*) FROM lake.snapshots()")[0][0]
+
+    before = snapshots()
+    with open_writer(catalog) as con:
+        ensure_schema(con, catalog)  # nothing changed: no empty snapshot
+    assert snapshots() == before
+
+    extra = {"column": "region", "name": "region", "type": "string"}
+    catalog = local_landing.write_catalog({**CRM_INTEGRATION, "properties": [*CRM_INTEGRATION["properties"], extra]})
+    with open_writer(catalog) as con:
+        ensure_schema(con, catalog)
+    assert snapshots() == before + 1
+    assert query(catalog, "SELECT user_id, plan, region FROM attributes_crm") == [("a@x.com", "gold", None)]
+    assert query(catalog, "SELECT region FROM user_profiles") == [(None,)]
+
+
 def test_a_missing_parent_folder_is_one_line_naming_the_path_and_fix(tmp_path: Path, capsys) -> None:
     path = catalog_with_lake(tmp_path, "nowhere/catalog.sqlite", "lake/")
     lake = Lake.of(load_catalog(path))

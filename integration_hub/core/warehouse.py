@@ -933,13 +933,19 @@ def ensure_table(
         with transaction(con):
             con.execute(f"CREATE TABLE IF NOT EXISTS {ident(table)} ({body})")
         return
-    changes = [
-        (name, sql_type) for name, sql_type in columns.items()
-        if name not in existing or (not same_type(existing[name], sql_type) and sql_type != "JSON")
-    ]
+    changes = _column_changes(existing, columns)
     if changes:
         with transaction(con):
             _alter_columns(con, table, existing, changes)
+
+
+def _column_changes(existing: dict[str, str], columns: dict[str, str]) -> list[tuple[str, str]]:
+    """The (name, type) of the columns to add or retype so a table with `existing` has `columns`
+    (a column wanted as JSON is only ever added, never retyped)."""
+    return [
+        (name, sql_type) for name, sql_type in columns.items()
+        if name not in existing or not (same_type(existing[name], sql_type) or sql_type == "JSON")
+    ]
 
 
 def _alter_columns(
@@ -1012,12 +1018,11 @@ def user_profiles_sql(catalog: Catalog) -> str:
 
 
 def _schema_is_current(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> bool:
-    wanted = {table: columns for table, columns in BOOKKEEPING_TABLES.items()}
+    wanted = dict(BOOKKEEPING_TABLES)
     wanted.update({attributes_table(i.name): attribute_columns(i) for i in catalog.inbound})
-    for table, columns in wanted.items():
-        existing = table_columns(con, table)
-        if any(name not in existing or not (same_type(existing[name], t) or t == "JSON") for name, t in columns.items()):
-            return False
+    existing = tables_columns(con, list(wanted))
+    if any(_column_changes(existing[table], columns) for table, columns in wanted.items()):
+        return False
     view = con.execute(
         "SELECT sql FROM duckdb_views() WHERE database_name = current_database() AND view_name = 'user_profiles'"
     ).fetchone()
