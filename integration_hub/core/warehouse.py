@@ -463,12 +463,13 @@ def retire(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"DROP TEMPORARY SECRET {ident(name)}")
         for setting in _RESET_SETTINGS:
             con.execute(f"RESET GLOBAL {setting}")
-        left = con.execute("SELECT count(*) FROM duckdb_databases() WHERE NOT internal").fetchone()[0]
+        # Clean only if `memory` alone is left (DuckLake's catalog database went with its lake).
+        clean = con.execute("SELECT count(*) FROM duckdb_databases() WHERE NOT internal").fetchone()[0] == 1
     except duckdb.Error:
-        left = -1
-    closing = [con] if left != 1 else []  # only `memory` may be left
+        clean = False
+    closing = [] if clean else [con]
     with _SPARE_LOCK:
-        if not closing:
+        if clean:
             _SPARE.append((os.getpid(), con))
         while len(_SPARE) > SPARE_DUCKDBS:
             closing.append(_SPARE.pop(0)[1])
