@@ -179,3 +179,45 @@ def test_reserved_and_badly_formed_names() -> None:
     assert any("'user_id' is reserved" in p for p in found)
     assert any("lower-case letters" in p and "'Plan Tier'" in p for p in found)
     assert any("lower-case letters" in p and "'Bad-Name'" in p for p in found)
+
+
+def _cron_candidates() -> list[str]:
+    """Each field through plain forms and others, the rest `*`; February's 29th to 31st; odd spacing."""
+    values = ["*", "*/0", "*/1", "*/5", "*/7", "00", "-1", "1-5", "1,2", "?", "L", "MON", "a", "**", "*/"]
+    values += [str(n) for n in range(0, 62)] + [f"*/{n}" for n in (12, 23, 24, 31, 32, 59, 60, 61)]
+    candidates = []
+    for k in range(5):
+        for value in values:
+            fields = ["*"] * 5
+            fields[k] = value
+            candidates.append(" ".join(fields))
+    candidates += [f"0 0 {day} 2 *" for day in (28, 29, 30, 31)] + [f"0 0 {day} */2 *" for day in (30, 31)]
+    candidates += ["*/15 * * * *", "0 9 * * *", "30 3 1 1 0", "0 0 31 12 7"]
+    candidates += ["0  3 * * *", " 0 3 * * *", "0 3 * * * *", "0 3 * *", "0 3 * * *\n", "", "@daily"]
+    return candidates
+
+
+def test_cron_expressions_are_judged_as_dagster_judges_them() -> None:
+    from dagster._utils.schedules import is_valid_cron_string as dagster_accepts
+
+    from integration_hub.core.catalog import is_valid_cron_string
+
+    judged = {cron: is_valid_cron_string(cron) for cron in _cron_candidates()}
+    assert judged == {cron: dagster_accepts(cron) for cron in judged}
+    assert judged["*/15 * * * *"] and judged["0 9 * * *"] and not judged["0 0 30 2 *"] and not judged["60 * * * *"]
+
+
+def test_loading_a_catalog_with_plain_schedules_does_not_import_dagster(tmp_path: Path) -> None:
+    """`integration-hub sql` and `history` load the catalog: Dagster's import is a second of their start."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "integrations.yaml"
+    document = {**copy.deepcopy(BASE), "warehouse": {"maintenance_schedule": "30 3 * * *"}}
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    probe = (
+        "import sys; from integration_hub.core.catalog import load_catalog; "
+        f"load_catalog({str(path)!r}); print('dagster' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -883,6 +883,28 @@ def warehouse_problems(warehouse: WarehouseSettings, connections: dict[str, Conn
         )
 
 
+# Five fields of `*`, `*/step` or one number each, in range (minute, hour, day, month, weekday): a
+# cron expression Dagster accepts, told without importing Dagster (a second of a command's start).
+_PLAIN_CRON_FIELDS = (59, 23, 31, 12, 7)
+_PLAIN_CRON_FIELD = re.compile(r"\*|\*/([1-9]\d*)|(0|[1-9]\d*)")
+
+
+def is_valid_cron_string(cron: str) -> bool:
+    """Whether Dagster accepts `cron` as a schedule: the common plain forms are told here, any other by Dagster."""
+    fields = cron.split(" ")
+    if len(fields) == len(_PLAIN_CRON_FIELDS) and all(
+        (found := _PLAIN_CRON_FIELD.fullmatch(field)) is not None
+        and int(found.group(1) or found.group(2) or 0) <= highest
+        and (found.group(2) is None or int(found.group(2)) >= (1 if k in (2, 3) else 0))
+        for k, (field, highest) in enumerate(zip(fields, _PLAIN_CRON_FIELDS, strict=True))
+    ) and not (fields[3] == "2" and fields[2] in ("30", "31")):
+        return True
+    # dagster exports no cron validator; dg.ScheduleDefinition runs this one but needs a job, raises, warns.
+    from dagster._utils.schedules import is_valid_cron_string as dagster_accepts
+
+    return dagster_accepts(cron)
+
+
 def semantic_problems(catalog: Catalog) -> Iterable[str]:
     """Cross-entry rules pydantic cannot see."""
     for section, entries in (
@@ -893,9 +915,6 @@ def semantic_problems(catalog: Catalog) -> Iterable[str]:
         for name, count in Counter(e.name for e in entries).items():
             if count > 1:
                 yield f"{section} {name!r} is declared {count} times: names must be unique; rename one"
-
-    # dagster exports no cron validator; dg.ScheduleDefinition runs this one but needs a job, raises, warns.
-    from dagster._utils.schedules import is_valid_cron_string
 
     if not is_valid_cron_string(catalog.warehouse.maintenance_schedule):
         yield (
