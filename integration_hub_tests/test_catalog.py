@@ -182,7 +182,7 @@ def test_reserved_and_badly_formed_names() -> None:
 
 
 def _cron_candidates() -> list[str]:
-    """Each field through plain forms and others, the rest `*`; February's 29th to 31st; odd spacing."""
+    """Each field through plain forms and others, the rest `*`; every day of every month; odd spacing."""
     values = ["*", "*/0", "*/1", "*/5", "*/7", "00", "-1", "1-5", "1,2", "?", "L", "MON", "a", "**", "*/"]
     values += [str(n) for n in range(0, 62)] + [f"*/{n}" for n in (12, 23, 24, 31, 32, 59, 60, 61)]
     candidates = []
@@ -191,7 +191,8 @@ def _cron_candidates() -> list[str]:
             fields = ["*"] * 5
             fields[k] = value
             candidates.append(" ".join(fields))
-    candidates += [f"0 0 {day} 2 *" for day in (28, 29, 30, 31)] + [f"0 0 {day} */2 *" for day in (30, 31)]
+    months = [*map(str, range(0, 14)), "*", "*/2"]
+    candidates += [f"0 0 {day} {month} *" for day in range(0, 33) for month in months]  # e.g. no 30th of February
     candidates += ["*/15 * * * *", "0 9 * * *", "30 3 1 1 0", "0 0 31 12 7"]
     candidates += ["0  3 * * *", " 0 3 * * *", "0 3 * * * *", "0 3 * *", "0 3 * * *\n", "", "@daily"]
     return candidates
