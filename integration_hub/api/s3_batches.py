@@ -15,7 +15,7 @@ Idempotency keys are honoured across replicas with conditional writes: a replica
 by creating its object with `If-None-Match: *` (exactly one replica can), writes the answer
 into it (`If-Match` its claim) before landing the batch, and any replica replays that answer
 once the batch exists. A claim that never led to a batch (a replica died) is taken over after
-the server's `claim_timeout` (60 s), again conditionally, so two replicas never both take it.
+the server's `--claim-timeout` (default 60 s), again conditionally, so two replicas never both take it.
 """
 
 from __future__ import annotations

@@ -883,21 +883,29 @@ def warehouse_problems(warehouse: WarehouseSettings, connections: dict[str, Conn
         )
 
 
-# Five fields of `*`, `*/step` or one number each, in range (minute, hour, day, month, weekday): a
-# cron expression Dagster accepts, told without importing Dagster (a second of a command's start).
-_PLAIN_CRON_FIELDS = (59, 23, 31, 12, 7)
-_PLAIN_CRON_FIELD = re.compile(r"\*|\*/([1-9]\d*)|(0|[1-9]\d*)")
+# Five fields of `*`, `*/step` or one number each, in range: a cron expression Dagster accepts,
+# told without importing Dagster (a second of a command's start).
+_PLAIN_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))  # minute, hour, day, month, weekday
+_PLAIN_CRON_FIELD = re.compile(r"\*|(\*/)?(0|[1-9]\d*)")
+
+
+def _plain_cron_field(field: str, lowest: int, highest: int) -> bool:
+    found = _PLAIN_CRON_FIELD.fullmatch(field)
+    if found is None:
+        return False
+    if found.group(2) is None:  # `*`
+        return True
+    return (1 if found.group(1) else lowest) <= int(found.group(2)) <= highest  # a step is at least 1
 
 
 def is_valid_cron_string(cron: str) -> bool:
     """Whether Dagster accepts `cron` as a schedule: the common plain forms are told here, any other by Dagster."""
     fields = cron.split(" ")
-    if len(fields) == len(_PLAIN_CRON_FIELDS) and all(
-        (found := _PLAIN_CRON_FIELD.fullmatch(field)) is not None
-        and int(found.group(1) or found.group(2) or 0) <= highest
-        and (found.group(2) is None or int(found.group(2)) >= (1 if k in (2, 3) else 0))
-        for k, (field, highest) in enumerate(zip(fields, _PLAIN_CRON_FIELDS, strict=True))
-    ) and not (fields[3] == "2" and fields[2] in ("30", "31")):
+    if (
+        len(fields) == len(_PLAIN_CRON_RANGES)
+        and all(_plain_cron_field(f, *bounds) for f, bounds in zip(fields, _PLAIN_CRON_RANGES, strict=True))
+        and not (fields[3] == "2" and fields[2] in ("30", "31"))  # Dagster refuses February's 30th and 31st
+    ):
         return True
     # dagster exports no cron validator; dg.ScheduleDefinition runs this one but needs a job, raises, warns.
     from dagster._utils.schedules import is_valid_cron_string as dagster_accepts
