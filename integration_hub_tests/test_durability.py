@@ -396,11 +396,15 @@ def run_job_allowing_failure(catalog):
         return job.execute_in_process(instance=instance, raise_on_error=False)
 
 
-def _apply_sequence(landing: Landing, monkeypatch: pytest.MonkeyPatch, rewrite: bool) -> tuple[list[tuple], int]:
+def _apply_sequence(
+    landing: Landing, monkeypatch: pytest.MonkeyPatch, rewrite: bool, join_parts: int | None = None
+) -> tuple[list[tuple], int]:
     """Four files (keep, rejections, a dropped property, clear) and a source whose rows name their
-    own source (as API batches do) applied by MERGE or by rewrite."""
+    own source (as API batches do) applied by MERGE or by rewrite (its join in `join_parts` parts)."""
     # The size threshold only chooses the strategy; both must give the same table.
     monkeypatch.setattr(ingest, "REWRITE_MIN_ROWS", 1 if rewrite else 10**12)
+    if join_parts is not None:  # as a source too large for one hash table would be split
+        monkeypatch.setattr(ingest, "_join_parts", lambda *args: join_parts)
     rewrites = []
     real_rewrite_table = ingest._rewrite_table
     monkeypatch.setattr(ingest, "_rewrite_table", lambda *args: rewrites.append(1) or real_rewrite_table(*args))
@@ -452,13 +456,50 @@ def _apply_sequence(landing: Landing, monkeypatch: pytest.MonkeyPatch, rewrite: 
     return rows, len(rewrites)
 
 
+@pytest.mark.parametrize(("limit", "expected"), [("1GB", 10**9), ("512MB", 512 * 10**6), ("3GiB", 3 * 2**30), ("100KiB", 100 * 2**10)])
+def test_the_memory_limit_is_read_back_in_bytes(limit: str, expected: int) -> None:
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{limit}'")
+    assert abs(ingest.memory_limit_bytes(con) - expected) <= expected * 0.001  # DuckDB shows one decimal
+
+
+def test_the_rewrites_join_is_split_by_what_its_hash_table_would_hold(tmp_path: Path) -> None:
+    """More parts for more ids, longer ids, rows that carry their values, or less memory; one when it fits."""
+    con = duckdb.connect()
+
+    def stage(name: str, rows: int, id_width: int) -> str:
+        path = str(tmp_path / f"{name}.parquet")
+        con.execute(
+            f"COPY (SELECT lpad(CAST(n AS VARCHAR), {id_width}, 'u') AS user_id, "
+            "CASE WHEN n % 2 = 0 THEN NULL ELSE n END AS _typed0, CAST(n AS VARCHAR) AS _typed1 "
+            f"FROM range({rows}) AS r(n)) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE 16384)"
+        )
+        return path
+
+    small, large, long_ids = stage("small", 400_000, 20), stage("large", 1_600_000, 20), stage("long", 400_000, 200)
+    con.execute("SET memory_limit = '32MB'")
+    parts = {
+        (name, fill): ingest._join_parts(con, path, rows, 4, fill)
+        for name, path, rows in (("small", small, 400_000), ("large", large, 1_600_000), ("long", long_ids, 400_000))
+        for fill in ("none", "blanks", "all")
+    }
+    assert parts[("small", "none")] >= 2  # 400,000 x (32 + 20) bytes in 40% of 32 MB
+    assert parts[("small", "none")] < parts[("small", "blanks")] < parts[("small", "all")]
+    assert parts[("large", "none")] > 3 * parts[("small", "none")]
+    assert parts[("long", "none")] > 3 * parts[("small", "none")]
+    con.execute("SET memory_limit = '1GB'")
+    assert ingest._join_parts(con, large, 1_600_000, 4, "all") == 1
+
+
 def test_a_large_source_rewrites_the_table_with_the_same_result_as_a_merge(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     merged, merge_rewrites = _apply_sequence(local_landing_at(tmp_path / "merge"), monkeypatch, rewrite=False)
     rewritten, rewrites = _apply_sequence(local_landing_at(tmp_path / "rewrite"), monkeypatch, rewrite=True)
+    in_parts, _ = _apply_sequence(local_landing_at(tmp_path / "parts"), monkeypatch, rewrite=True, join_parts=3)
     assert (merge_rewrites, rewrites) == (0, 5)
     assert rewritten == merged
+    assert in_parts == merged
     assert merged == [
         # on_blank: clear in c.csv and d.csv; the column dropped for c.csv kept its data
         ("ann@example.com", None, 7.0, False, None, None, "c.csv"),

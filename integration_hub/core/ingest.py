@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -48,6 +50,17 @@ REWRITE_MIN_SHARE = 4
 # A rewritten table's files hold this many row groups of PARQUET_ROW_GROUP_ROWS: about 0.5M rows,
 # some 16 MB, like the files DuckLake writes itself (LAKE_FILE_OPTIONS).
 REWRITE_FILE_ROW_GROUPS = 32
+# The rewrite's join holds the source's ids in a hash table; it is split into parts (by a hash of
+# the id) so that each part's table fits in this share of DuckDB's memory_limit, leaving the rest
+# to the Parquet readers and writers. One table of 8M ids would take ~640 MB: DuckDB would spill
+# it under a 1 GB limit, and the process would pass 1 GB (benchmarks/README.md, peak RSS).
+JOIN_MEMORY_SHARE = 0.4
+# Bytes per source row in that hash table beyond the id's own characters, and per value carried
+# by a row that needs its old row (`_fill`); measured with DuckDB 1.4 (duckdb_memory()).
+JOIN_ROW_BYTES = 32
+JOIN_VALUE_BYTES = 16
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 @dataclass
@@ -328,6 +341,40 @@ class _RewrittenTable:
                     os.unlink(file)
 
 
+def memory_limit_bytes(con: duckdb.DuckDBPyConnection) -> int:
+    """The DuckDB's memory_limit in bytes (DuckDB shows it as e.g. '953.6 MiB')."""
+    shown = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    found = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(shown))
+    if found is None or found.group(2).upper() not in _SIZE_UNITS:
+        raise WarehouseError(f"DuckDB reports a memory_limit of {shown!r}, which is not a size")
+    return int(float(found.group(1)) * _SIZE_UNITS[found.group(2).upper()])
+
+
+def _join_parts(
+    con: duckdb.DuckDBPyConnection, stage_file: str, valid_rows: int, values: int, fill: Literal["all", "blanks", "none"]
+) -> int:
+    """How many parts the rewrite's join is split into, so each part's hash table fits (JOIN_MEMORY_SHARE).
+
+    The estimate uses the staged source: its ids' characters, and as the rows that carry their
+    values (`_fill`) all of them, none, or at most as many as the source has blank cells (from
+    the Parquet statistics: no scan of the values).
+    """
+    id_bytes = con.execute(f"SELECT coalesce(sum(strlen(user_id)), 0) FROM read_parquet({literal(stage_file)})").fetchone()[0]
+    if fill == "all":
+        fills = valid_rows
+    elif fill == "blanks":
+        typed = ", ".join(literal(f"_typed{k}") for k in range(values))
+        blanks = con.execute(
+            f"SELECT coalesce(sum(stats_null_count), 0) FROM parquet_metadata({literal(stage_file)}) "
+            f"WHERE path_in_schema IN ({typed})"
+        ).fetchone()[0]
+        fills = min(valid_rows, int(blanks))
+    else:
+        fills = 0
+    needed = valid_rows * JOIN_ROW_BYTES + int(id_bytes) + fills * JOIN_VALUE_BYTES * (values + 1)
+    return max(1, math.ceil(needed / (memory_limit_bytes(con) * JOIN_MEMORY_SHARE)))
+
+
 def _rewrite_table(
     con: duckdb.DuckDBPyConnection,
     integration: InboundIntegration,
@@ -335,6 +382,8 @@ def _rewrite_table(
     source: str,
     applied_at: datetime,
     valid_rows: str,
+    stage_file: str,
+    valid_count: int,
 ) -> _RewrittenTable:
     """Write the table's merged rows anew, outside the write transaction (see _RewrittenTable).
 
@@ -347,17 +396,18 @@ def _rewrite_table(
     Most source rows need nothing of their old row: with `on_blank: keep`, a row without a blank
     cell replaces every mapped value. Those are written straight from the source. Only the ids,
     plus the values of the rows that do need their old row (`_fill`), go into the join's hash
-    table: a fraction of the whole source's, so the join stays in memory at 1 GB.
+    table, which is built in parts (`_join_parts`) so that it stays in memory.
     """
     mapped = [name for _, name, _ in integration.inbound_properties]
     columns = table_columns(con, table)
     kept = [name for name in columns if name not in mapped and name not in ("user_id", "_updated_at", "_source")]
+    fill: Literal["all", "blanks", "none"]
     if kept:  # columns of properties no longer in the catalog keep their values: every row needs its old row
-        needs_old = "true"
+        needs_old, fill = "true", "all"
     elif integration.on_blank == "keep":  # a blank cell keeps the old value
-        needs_old = " OR ".join(f"{ident(name)} IS NULL" for name in mapped) or "false"
+        needs_old, fill = " OR ".join(f"{ident(name)} IS NULL" for name in mapped) or "false", "blanks"
     else:
-        needs_old = "false"
+        needs_old, fill = "false", "none"
     fill = ", ".join([*(f"{ident(name)} := {ident(name)}" for name in mapped), "_row_source := _row_source"])
     # A list, not a struct: a NULL list takes no room in the hash table's rows, a NULL struct does.
     ids = f"SELECT user_id, CASE WHEN {needs_old} THEN [struct_pack({fill})] END AS _fill FROM ({valid_rows})"
@@ -384,23 +434,56 @@ def _rewrite_table(
     folder = table_data_folder(con, table)
     if "://" not in folder:
         os.makedirs(folder, exist_ok=True)
+    parts = _join_parts(con, stage_file, valid_count, len(mapped), fill)
     # Row order in the files does not matter; not keeping it lets the write stream on every thread
-    # (apply_source resets it: staging relies on the order).
+    # (apply_source resets it: staging relies on the order). The ids (the join's right side) must
+    # be what the hash table holds, whatever the optimizer estimates: the table's side carries
+    # every column.
     con.execute("SET preserve_insertion_order = false")
-    # Files of REWRITE_FILE_ROW_GROUPS row groups, named as DuckLake names its own: a killed run's (or a
-    # failed COPY's) files are orphans that maintenance deletes. Several files, not one, because the
-    # next rewrite's DELETE holds each file's deleted row numbers in memory at once.
-    written = con.execute(
-        f"COPY (SELECT {', '.join(joined)} FROM {ident(table)} AS t FULL OUTER JOIN ({ids}) AS s "
-        f"ON t.user_id = s.user_id WHERE s.user_id IS NULL OR s._fill IS NOT NULL "
-        f"UNION ALL SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})) "
-        # Without its closing '/': DuckDB would join it to the file names with a second one, and
-        # DuckLake's orphan cleanup would not recognise the files as the table's.
-        f"TO {literal(folder.rstrip('/'))} (FORMAT parquet, ROW_GROUP_SIZE {PARQUET_ROW_GROUP_ROWS}, "
-        f"ROW_GROUPS_PER_FILE {REWRITE_FILE_ROW_GROUPS}, "
-        "FILENAME_PATTERN 'ducklake-{uuid}', APPEND, RETURN_FILES true)"
-    ).fetchone()
-    return _RewrittenTable(table, list(written[1]), read_files)
+    con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+    rewritten = _RewrittenTable(table, [], read_files)
+    try:
+        _write_parts(con, rewritten, parts, folder, joined, ids, straight, valid_rows, needs_old)
+    except BaseException:
+        rewritten.discard()  # the parts written before the failure
+        raise
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("RESET disabled_optimizers")
+    return rewritten
+
+
+def _write_parts(
+    con: duckdb.DuckDBPyConnection,
+    rewritten: _RewrittenTable,
+    parts: int,
+    folder: str,
+    joined: list[str],
+    ids: str,
+    straight: list[str],
+    valid_rows: str,
+    needs_old: str,
+) -> None:
+    """The rewrite's COPY, once per part of the join (see _rewrite_table); the files go to `rewritten`."""
+    table = rewritten.table
+    for part in range(parts):
+        in_part = f"hash(user_id) % {parts} = {part}" if parts > 1 else "true"
+        # The rows that need no old row go with the first part: they take no room in the hash table.
+        straight_rows = f" UNION ALL SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})" if part == 0 else ""
+        # Files of REWRITE_FILE_ROW_GROUPS row groups, named as DuckLake names its own: a killed run's (or a
+        # failed COPY's) files are orphans that maintenance deletes. Several files, not one, because the
+        # next rewrite's DELETE holds each file's deleted row numbers in memory at once.
+        written = con.execute(
+            f"COPY (SELECT {', '.join(joined)} FROM (FROM {ident(table)} WHERE {in_part}) AS t "
+            f"FULL OUTER JOIN (FROM ({ids}) WHERE {in_part}) AS s "
+            f"ON t.user_id = s.user_id WHERE s.user_id IS NULL OR s._fill IS NOT NULL{straight_rows}) "
+            # Without its closing '/': DuckDB would join it to the file names with a second one, and
+            # DuckLake's orphan cleanup would not recognise the files as the table's.
+            f"TO {literal(folder.rstrip('/'))} (FORMAT parquet, ROW_GROUP_SIZE {PARQUET_ROW_GROUP_ROWS}, "
+            f"ROW_GROUPS_PER_FILE {REWRITE_FILE_ROW_GROUPS}, "
+            "FILENAME_PATTERN 'ducklake-{uuid}', APPEND, RETURN_FILES true)"
+        ).fetchone()
+        rewritten.files += written[1]
 
 
 def _rewrites(table_rows: int, valid_rows: int) -> bool:
@@ -486,7 +569,7 @@ def apply_source(
             existing = con.execute(f"SELECT count(*) FROM {ident(table)}").fetchone()[0]
             if _rewrites(existing, valid_rows):
                 report(f"writing {table} anew: {existing:,} users in the table, {valid_rows:,} rows to apply")
-                rewritten = _rewrite_table(con, integration, table, run.source, run.started_at, rows)
+                rewritten = _rewrite_table(con, integration, table, run.source, run.started_at, rows, stage_file, valid_rows)
         with transaction(con):
             ensure_bookkeeping(con)
             ensure_attribute_table(con, integration)
