@@ -351,7 +351,7 @@ def memory_limit_bytes(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def _join_parts(
-    con: duckdb.DuckDBPyConnection, stage_file: str, valid_rows: int, values: int, fill: Literal["all", "blanks", "none"]
+    con: duckdb.DuckDBPyConnection, stage_file: str, valid_rows: int, values: int, carried: Literal["all", "blanks", "none"]
 ) -> int:
     """How many parts the rewrite's join is split into, so each part's hash table fits (JOIN_MEMORY_SHARE).
 
@@ -359,10 +359,12 @@ def _join_parts(
     values (`_fill`) all of them, none, or at most as many as the source has blank cells (from
     the Parquet statistics: no scan of the values).
     """
+    if carried not in ("all", "blanks", "none"):
+        raise ValueError(f"carried must be 'all', 'blanks' or 'none', not {carried!r}")
     id_bytes = con.execute(f"SELECT coalesce(sum(strlen(user_id)), 0) FROM read_parquet({literal(stage_file)})").fetchone()[0]
-    if fill == "all":
+    if carried == "all":
         fills = valid_rows
-    elif fill == "blanks":
+    elif carried == "blanks":
         typed = ", ".join(literal(f"_typed{k}") for k in range(values))
         blanks = con.execute(
             f"SELECT coalesce(sum(stats_null_count), 0) FROM parquet_metadata({literal(stage_file)}) "
@@ -401,13 +403,13 @@ def _rewrite_table(
     mapped = [name for _, name, _ in integration.inbound_properties]
     columns = table_columns(con, table)
     kept = [name for name in columns if name not in mapped and name not in ("user_id", "_updated_at", "_source")]
-    fill: Literal["all", "blanks", "none"]
+    carried: Literal["all", "blanks", "none"]  # which source rows carry their values into the join
     if kept:  # columns of properties no longer in the catalog keep their values: every row needs its old row
-        needs_old, fill = "true", "all"
+        needs_old, carried = "true", "all"
     elif integration.on_blank == "keep":  # a blank cell keeps the old value
-        needs_old, fill = " OR ".join(f"{ident(name)} IS NULL" for name in mapped) or "false", "blanks"
+        needs_old, carried = " OR ".join(f"{ident(name)} IS NULL" for name in mapped) or "false", "blanks"
     else:
-        needs_old, fill = "false", "none"
+        needs_old, carried = "false", "none"
     fill = ", ".join([*(f"{ident(name)} := {ident(name)}" for name in mapped), "_row_source := _row_source"])
     # A list, not a struct: a NULL list takes no room in the hash table's rows, a NULL struct does.
     ids = f"SELECT user_id, CASE WHEN {needs_old} THEN [struct_pack({fill})] END AS _fill FROM ({valid_rows})"
@@ -434,7 +436,7 @@ def _rewrite_table(
     folder = table_data_folder(con, table)
     if "://" not in folder:
         os.makedirs(folder, exist_ok=True)
-    parts = _join_parts(con, stage_file, valid_count, len(mapped), fill)
+    parts = _join_parts(con, stage_file, valid_count, len(mapped), carried)
     # Row order in the files does not matter; not keeping it lets the write stream on every thread
     # (apply_source resets it: staging relies on the order). The ids (the join's right side) must
     # be what the hash table holds, whatever the optimizer estimates: the table's side carries
