@@ -29,7 +29,7 @@ import duckdb
 
 from ..core.catalog import ApiIntegration
 from ..core.ingest import ROW_SOURCE_COLUMN, RunRecord, apply_source, new_run_id, now_utc, record_failure
-from ..core.sql import ident, literal
+from ..core.sql import ident, literal, sql_value, sql_values
 from ..core.warehouse import ensure_bookkeeping, transaction
 from .batches import DATA_SUFFIX, AnyBatchStore, utc_now_iso
 
@@ -86,16 +86,16 @@ def _recorded(
     """Batches already recorded as processed: batch id -> (run_id, status)."""
     if not batch_ids:
         return {}
+    keys = ", ".join(sql_value(batch_id) for batch_id in batch_ids)
     rows = con.execute(
-        "SELECT key, run_id, status FROM processed_files WHERE integration = ? AND key IN (SELECT unnest(?))",
-        [integration, batch_ids],
+        f"SELECT key, run_id, status FROM processed_files WHERE integration = {sql_value(integration)} AND key IN ({keys})"
     ).fetchall()
     return {key: (run_id, status) for key, run_id, status in rows}
 
 
 def _run_outcome(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     row = con.execute(
-        "SELECT status, rows_rejected, message, finished_at FROM integration_runs WHERE run_id = ?", [run_id]
+        f"SELECT status, rows_rejected, message, finished_at FROM integration_runs WHERE run_id = {sql_value(run_id)}"
     ).fetchone()
     if row is None:
         return {"run_id": run_id}
@@ -172,10 +172,12 @@ def apply_group(
         if _recorded(con, name, batch_ids):
             raise AlreadyApplied()
         moved = f"{name}/{'failed' if run.status == 'failed' else 'applied'}/"
+        batches = ", ".join(sql_values([batch_id, size]) for batch_id, size in group)
         con.execute(
             "INSERT INTO processed_files (integration, key, sha256, size_bytes, status, run_id, processed_at, moved_to) "
-            "SELECT ?, key, NULL, size, ?, ?, ?, ? || key || ? FROM (SELECT unnest(?) AS key, unnest(?) AS size)",
-            [name, run.status, run.run_id, now_utc(), moved, DATA_SUFFIX, batch_ids, [s for _, s in group]],
+            f"SELECT {sql_value(name)}, key, NULL, size, {sql_value(run.status)}, {sql_value(run.run_id)}, "
+            f"{sql_value(now_utc())}, {sql_value(moved)} || key || {sql_value(DATA_SUFFIX)} "
+            f"FROM (VALUES {batches}) AS b(key, size)"
         )
 
     try:

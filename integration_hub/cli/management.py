@@ -18,6 +18,7 @@ from ..core.catalog import (
     SalesforceIntegration,
     load_catalog,
 )
+from ..core.sql import sql_value
 from ..core.state import dagster_instance, is_enabled, job_name, set_enabled
 from ..core.warehouse import open_reader
 from .hooks import hook
@@ -220,7 +221,7 @@ def _runs_of_dagster_run(catalog: Catalog, dagster_run_id: str) -> list[dict[str
         if con is None:
             return []
         result = con.execute(
-            "SELECT * FROM integration_runs WHERE dagster_run_id = ? ORDER BY started_at", [dagster_run_id]
+            f"SELECT * FROM integration_runs WHERE dagster_run_id = {sql_value(dagster_run_id)} ORDER BY started_at"
         )
         columns = [d[0] for d in result.description]
         return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import duckdb
 
 from .catalog import InboundIntegration
-from .sql import ident, literal, rejection_reason, trimmed_cell, typed_value
+from .sql import ident, literal, rejection_reason, sql_value, sql_values, trimmed_cell, typed_value
 from .warehouse import (
     LAKE,
     MEMORY_LIMIT_ENV,
@@ -111,10 +111,7 @@ def record_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
 
 
 def _insert_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
-    con.execute(
-        "INSERT INTO integration_runs (run_id, integration, kind, source, started_at, finished_at, status, "
-        "rows_read, rows_applied, rows_rejected, properties_imported, message, dagster_run_id, details) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    values = sql_values(
         [
             run.run_id,
             run.integration,
@@ -130,7 +127,12 @@ def _insert_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
             run.message,
             run.dagster_run_id,
             json.dumps(run.details, default=str),
-        ],
+        ]
+    )
+    con.execute(
+        "INSERT INTO integration_runs (run_id, integration, kind, source, started_at, finished_at, status, "
+        "rows_read, rows_applied, rows_rejected, properties_imported, message, dagster_run_id, details) "
+        f"VALUES {values}"
     )
 
 
@@ -576,9 +578,8 @@ def apply_source(
             ensure_bookkeeping(con)
             ensure_attribute_table(con, integration)
             con.execute(
-                "INSERT INTO rejected_rows SELECT ?, ?, ?, _row, user_id, column_name, value, reason "
-                "FROM _rejects ORDER BY _row",
-                [run.run_id, run.integration, run.source],
+                f"INSERT INTO rejected_rows SELECT {sql_value(run.run_id)}, {sql_value(run.integration)}, "
+                f"{sql_value(run.source)}, _row, user_id, column_name, value, reason FROM _rejects ORDER BY _row"
             )
             if applying:
                 if rewritten is not None:

@@ -867,10 +867,13 @@ def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
 
 def tables_columns(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str, dict[str, str]]:
     """`table_columns` of several tables, in one look at the catalog (each look reads the lake's catalog)."""
+    if not tables:
+        return {}
+    # Quoted in place, not bound: binding any parameter makes DuckDB's Python client import pandas (0.5 s).
     rows = con.execute(
         "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
-        "AND schema_name = 'main' AND list_contains(?, table_name) ORDER BY table_name, column_index",
-        [tables],
+        f"AND schema_name = 'main' AND table_name IN ({', '.join(literal(t) for t in tables)}) "
+        "ORDER BY table_name, column_index"
     ).fetchall()
     found: dict[str, dict[str, str]] = {table: {} for table in tables}
     for table, name, data_type in rows:
@@ -890,8 +893,7 @@ def table_data_folder(con: duckdb.DuckDBPyConnection, table: str) -> str:
         f"SELECT m.value, s.path, s.path_is_relative, t.path, t.path_is_relative "
         f"FROM {meta}.ducklake_table t JOIN {meta}.ducklake_schema s USING (schema_id), {meta}.ducklake_metadata m "
         "WHERE m.key = 'data_path' AND s.schema_name = 'main' AND s.end_snapshot IS NULL "
-        "AND t.table_name = ? AND t.end_snapshot IS NULL",
-        [table],
+        f"AND t.table_name = {literal(table)} AND t.end_snapshot IS NULL"
     ).fetchone()
     if row is None:
         raise WarehouseError(f"the lake has no table {table}")

@@ -26,7 +26,7 @@ import duckdb
 from ..core.catalog import CsvIntegration
 from ..core.ingest import Progress, RunRecord, apply_source, new_run_id, now_utc, record_failure, record_run
 from ..core.landing import LandingError, LandingFile, LandingStore, stem
-from ..core.sql import literal
+from ..core.sql import literal, sql_value, sql_values
 from ..core.warehouse import ensure_bookkeeping, transaction
 from .content import FileDigest, digest_file, explain_gzip
 from .diagnose import diagnose, explain_read_error
@@ -55,18 +55,16 @@ class DuplicateFile(Exception):
 
 
 def _record_file(con: duckdb.DuckDBPyConnection, run: RunRecord, file: LandingFile, sha256: str | None) -> None:
+    values = sql_values([run.integration, file.key, sha256, file.size, run.status, run.run_id, now_utc()])
     con.execute(
-        "INSERT INTO processed_files (integration, key, sha256, size_bytes, status, run_id, processed_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [run.integration, file.key, sha256, file.size, run.status, run.run_id, now_utc()],
+        f"INSERT INTO processed_files (integration, key, sha256, size_bytes, status, run_id, processed_at) VALUES {values}"
     )
 
 
 def _applied_before(con: duckdb.DuckDBPyConnection, integration: str, sha256: str) -> str | None:
     row = con.execute(
-        "SELECT run_id FROM processed_files WHERE integration = ? AND sha256 = ? "
-        "AND status IN ('success', 'partial') ORDER BY processed_at LIMIT 1",
-        [integration, sha256],
+        f"SELECT run_id FROM processed_files WHERE integration = {sql_value(integration)} AND sha256 = {sql_value(sha256)} "
+        "AND status IN ('success', 'partial') ORDER BY processed_at LIMIT 1"
     ).fetchone()
     return row[0] if row else None
 
@@ -186,7 +184,11 @@ class FileMoves:
                 failed.append((file.key, exc))
         if moved:
             with transaction(self._con):
-                self._con.executemany("UPDATE processed_files SET moved_to = ? WHERE run_id = ? AND key = ?", moved)
+                self._con.execute(
+                    "UPDATE processed_files SET moved_to = m.moved_to "
+                    f"FROM (VALUES {', '.join(sql_values(row) for row in moved)}) AS m(moved_to, run_id, key) "
+                    "WHERE processed_files.run_id = m.run_id AND processed_files.key = m.key"
+                )
         if len(failed) == 1:
             raise failed[0][1]
         if failed:
