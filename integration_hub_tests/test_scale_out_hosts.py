@@ -297,7 +297,10 @@ def test_the_daemons_run_queue_on_postgres_takes_one_run_per_integration_and_sev
     scale_out: ScaleOut, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`dagster-daemon` on the PostgreSQL instance, its sensors starting the runs: a second crm run,
-    requested while the first goes, waits in the queue for it; billing's run goes at the same time."""
+    requested while the first goes, waits in the queue for it; billing's run goes at the same time.
+
+    The test holds crm's integration lock (the advisory lock its runs take) until billing's run has
+    finished, so the first crm run is still going then however fast the runs are."""
     import psycopg2
 
     for entry in scale_out.document["integrations"]:
@@ -323,8 +326,17 @@ def test_the_daemons_run_queue_on_postgres_takes_one_run_per_integration_and_sev
             )
             return cursor.fetchall()
 
+    def started(job: str) -> bool:
+        return any(run[0] == job and run[3] is not None for run in runs())
+
+    def finished(job: str) -> bool:
+        return any(run[0] == job and run[1] in ("SUCCESS", "FAILURE", "CANCELED") for run in runs())
+
+    crm_lock = psycopg2.connect(scale_out.postgres.dsn(scale_out.database))
+    crm_lock.autocommit = True
+    with crm_lock.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(hashtext('integration_hub'), hashtext('integration:crm'))")
     scale_out.put("crm/a.csv", rows("a"))
-    scale_out.put("billing/a.csv", rows("bill"))
     workspace = scale_out.root / "workspace.yaml"
     module = {"module_name": "integration_hub.definitions", "location_name": "integration_hub"}
     workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {**module, "working_directory": str(scale_out.root)}}]}))
@@ -335,10 +347,15 @@ def test_the_daemons_run_queue_on_postgres_takes_one_run_per_integration_and_sev
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
-        while not any(run[0] == "crm_job" for run in runs()):
+        while not started("crm_job"):
             assert daemon.poll() is None and time.monotonic() < deadline, "the sensor started no crm run"
             time.sleep(0.2)
         scale_out.put("crm/b.csv", rows("b"))  # the next tick asks for a second crm run
+        scale_out.put("billing/a.csv", rows("bill"))  # and billing's sensor for a run of its own
+        while not finished("billing_job"):
+            assert daemon.poll() is None and time.monotonic() < deadline, f"billing's run did not finish: {runs()}"
+            time.sleep(0.5)
+        crm_lock.close()  # the first crm run goes on
         while True:
             found = runs()
             done = [run for run in found if run[1] in ("SUCCESS", "FAILURE", "CANCELED")]
@@ -347,6 +364,7 @@ def test_the_daemons_run_queue_on_postgres_takes_one_run_per_integration_and_sev
             assert daemon.poll() is None and time.monotonic() < deadline, f"the runs did not finish: {found}"
             time.sleep(0.5)
     finally:
+        crm_lock.close()
         os.killpg(daemon.pid, signal.SIGTERM)
         daemon.wait(timeout=60)
     found = runs()
