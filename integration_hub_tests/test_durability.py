@@ -30,6 +30,7 @@ from integration_hub.core.warehouse import (
     Lake,
     WarehouseBusyError,
     file_lock,
+    memory_limit_bytes,
     open_reader,
     open_writer,
     transaction,
@@ -460,7 +461,7 @@ def _apply_sequence(
 def test_the_memory_limit_is_read_back_in_bytes(limit: str, expected: int) -> None:
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{limit}'")
-    assert abs(ingest.memory_limit_bytes(con) - expected) <= expected * 0.001  # DuckDB shows one decimal
+    assert abs(memory_limit_bytes(con) - expected) <= expected * 0.001  # DuckDB shows one decimal
 
 
 def test_the_rewrites_join_is_split_by_what_its_hash_table_would_hold(tmp_path: Path) -> None:

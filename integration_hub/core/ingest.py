@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import tempfile
 import time
 import uuid
@@ -33,6 +32,7 @@ from .warehouse import (
     attributes_table,
     ensure_attribute_table,
     ensure_bookkeeping,
+    memory_limit_bytes,
     table_columns,
     table_data_folder,
     transaction,
@@ -59,8 +59,6 @@ JOIN_MEMORY_SHARE = 0.4
 # by a row that needs its old row (`_fill`); measured with DuckDB 1.4 (duckdb_memory()).
 JOIN_ROW_BYTES = 32
 JOIN_VALUE_BYTES = 16
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 @dataclass
@@ -341,15 +339,6 @@ class _RewrittenTable:
             if "://" not in file:
                 with contextlib.suppress(OSError):
                     os.unlink(file)
-
-
-def memory_limit_bytes(con: duckdb.DuckDBPyConnection) -> int:
-    """The DuckDB's memory_limit in bytes (DuckDB shows it as e.g. '953.6 MiB')."""
-    shown = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
-    found = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(shown))
-    if found is None or found.group(2).upper() not in _SIZE_UNITS:
-        raise WarehouseError(f"DuckDB reports a memory_limit of {shown!r}, which is not a size")
-    return int(float(found.group(1)) * _SIZE_UNITS[found.group(2).upper()])
 
 
 def _join_parts(

@@ -477,6 +477,29 @@ def retire(con: duckdb.DuckDBPyConnection) -> None:
         spare.close()
 
 
+_SIZE_UNITS = {
+    "": 1, "b": 1, "bytes": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
+    "gb": 1000**3, "gib": 1024**3, "tb": 1000**4, "tib": 1024**4,
+}
+
+
+def size_bytes(text: str) -> float | None:
+    """A size as DuckDB shows or takes it ('18.8 GiB', '256MB') in bytes; None when it does not parse."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text or "")
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        return None
+    return float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def memory_limit_bytes(con: duckdb.DuckDBPyConnection) -> int:
+    """The DuckDB's memory_limit in bytes (DuckDB shows it as e.g. '953.6 MiB')."""
+    shown = str(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+    limit = size_bytes(shown)
+    if limit is None:
+        raise WarehouseError(f"DuckDB reports a memory_limit of {shown!r}, which is not a size")
+    return int(limit)
+
+
 def new_connection(memory_limit: str | None = None, temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the lake's extensions loaded (unsigned extensions stay refused).
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import tempfile
 import threading
 import zlib
@@ -40,7 +39,7 @@ from ..core import timeouts
 from ..core.catalog import AzureBlobConnection, Catalog, FileExportIntegration, LocalConnection, S3Connection
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
 from ..core.sql import ident, literal
-from ..core.warehouse import ensure_bookkeeping, table_columns
+from ..core.warehouse import ensure_bookkeeping, size_bytes, table_columns
 from ..reports.factory import ReportError, report_table
 from .sinks import AzureBlobSink, FileSink, LocalFolderSink, S3Sink, SinkError, SinkWriter
 
@@ -312,26 +311,12 @@ def _copy_through_tempfile(
     return rows
 
 
-_UNITS = {
-    "b": 1, "bytes": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
-    "gb": 1000**3, "gib": 1024**3, "tb": 1000**4, "tib": 1024**4,
-}
-
-
-def _size_bytes(text: str) -> float | None:
-    """'18.8 GiB' / '256MB' -> bytes; None when it does not parse."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text or "")
-    if not match or match.group(2).lower() not in _UNITS | {"": 1}:
-        return None
-    return float(match.group(1)) * _UNITS.get(match.group(2).lower(), 1)
-
-
 @contextmanager
 def export_memory_limit(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Lower DuckDB's memory_limit while a file is written (never raise it); restore it after."""
     wanted = os.environ.get(EXPORT_MEMORY_ENV) or EXPORT_MEMORY_DEFAULT
     current = str(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
-    wanted_bytes, current_bytes = _size_bytes(wanted), _size_bytes(current)
+    wanted_bytes, current_bytes = size_bytes(wanted), size_bytes(current)
     if wanted_bytes is None or current_bytes is None or wanted_bytes >= current_bytes:
         yield
         return
