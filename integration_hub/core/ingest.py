@@ -436,7 +436,24 @@ def _rewrite_table(
     con.execute("SET disabled_optimizers = 'build_side_probe_side'")
     rewritten = _RewrittenTable(table, [], read_files)
     try:
-        _write_parts(con, rewritten, parts, folder, joined, ids, straight, valid_rows, needs_old)
+        for part in range(parts):
+            in_part = f"hash(user_id) % {parts} = {part}" if parts > 1 else "true"
+            # The rows that need no old row go with the first part: they take no room in the hash table.
+            straight_rows = f" UNION ALL SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})" if part == 0 else ""
+            # Files of REWRITE_FILE_ROW_GROUPS row groups, named as DuckLake names its own: a killed run's (or a
+            # failed COPY's) files are orphans that maintenance deletes. Several files, not one, because the
+            # next rewrite's DELETE holds each file's deleted row numbers in memory at once.
+            written = con.execute(
+                f"COPY (SELECT {', '.join(joined)} FROM (FROM {ident(table)} WHERE {in_part}) AS t "
+                f"FULL OUTER JOIN (FROM ({ids}) WHERE {in_part}) AS s "
+                f"ON t.user_id = s.user_id WHERE s.user_id IS NULL OR s._fill IS NOT NULL{straight_rows}) "
+                # Without its closing '/': DuckDB would join it to the file names with a second one, and
+                # DuckLake's orphan cleanup would not recognise the files as the table's.
+                f"TO {literal(folder.rstrip('/'))} (FORMAT parquet, ROW_GROUP_SIZE {PARQUET_ROW_GROUP_ROWS}, "
+                f"ROW_GROUPS_PER_FILE {REWRITE_FILE_ROW_GROUPS}, "
+                "FILENAME_PATTERN 'ducklake-{uuid}', APPEND, RETURN_FILES true)"
+            ).fetchone()
+            rewritten.files += written[1]
     except BaseException:
         rewritten.discard()  # the parts written before the failure
         raise
@@ -444,39 +461,6 @@ def _rewrite_table(
         with contextlib.suppress(duckdb.Error):
             con.execute("RESET disabled_optimizers")
     return rewritten
-
-
-def _write_parts(
-    con: duckdb.DuckDBPyConnection,
-    rewritten: _RewrittenTable,
-    parts: int,
-    folder: str,
-    joined: list[str],
-    ids: str,
-    straight: list[str],
-    valid_rows: str,
-    needs_old: str,
-) -> None:
-    """The rewrite's COPY, once per part of the join (see _rewrite_table); the files go to `rewritten`."""
-    table = rewritten.table
-    for part in range(parts):
-        in_part = f"hash(user_id) % {parts} = {part}" if parts > 1 else "true"
-        # The rows that need no old row go with the first part: they take no room in the hash table.
-        straight_rows = f" UNION ALL SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})" if part == 0 else ""
-        # Files of REWRITE_FILE_ROW_GROUPS row groups, named as DuckLake names its own: a killed run's (or a
-        # failed COPY's) files are orphans that maintenance deletes. Several files, not one, because the
-        # next rewrite's DELETE holds each file's deleted row numbers in memory at once.
-        written = con.execute(
-            f"COPY (SELECT {', '.join(joined)} FROM (FROM {ident(table)} WHERE {in_part}) AS t "
-            f"FULL OUTER JOIN (FROM ({ids}) WHERE {in_part}) AS s "
-            f"ON t.user_id = s.user_id WHERE s.user_id IS NULL OR s._fill IS NOT NULL{straight_rows}) "
-            # Without its closing '/': DuckDB would join it to the file names with a second one, and
-            # DuckLake's orphan cleanup would not recognise the files as the table's.
-            f"TO {literal(folder.rstrip('/'))} (FORMAT parquet, ROW_GROUP_SIZE {PARQUET_ROW_GROUP_ROWS}, "
-            f"ROW_GROUPS_PER_FILE {REWRITE_FILE_ROW_GROUPS}, "
-            "FILENAME_PATTERN 'ducklake-{uuid}', APPEND, RETURN_FILES true)"
-        ).fetchone()
-        rewritten.files += written[1]
 
 
 def _rewrites(table_rows: int, valid_rows: int) -> bool:
