@@ -110,7 +110,28 @@ def test_a_dead_replicas_claim_is_taken_over_once_and_its_late_write_fails(conne
         batch_id = land(one, "k3")
     with pytest.raises(LandingUnavailable, match="claim was lost"):
         land(dead, "k3")  # the stalled replica wakes up: its conditional write fails
+    dead._release("k3")  # ... and its request ends, freeing what it still takes for its claim
     assert one.pending_batch_ids("web") == [batch_id], "the stalled replica landed nothing"
+    with two.claim_idempotency("k3") as first:
+        assert first is not None and first["batch_id"] == batch_id, "the key still answers with the batch"
+
+
+def test_requests_of_one_key_on_one_replica_take_turns(connection: S3Connection) -> None:
+    """Until a request has answered, another with its key on the same replica waits (409): a
+    replay there must not end the first request's claim."""
+    one = replica(connection)
+    with one.claim_idempotency("k5") as first:
+        assert first is None
+        batch_id = land(one, "k5")
+        with pytest.raises(IdempotencyBusy), one.claim_idempotency("k5"):
+            pass
+    with one.claim_idempotency("k5") as first:
+        assert first is not None and first["batch_id"] == batch_id
+    with one.claim_idempotency("k6") as first:  # a busy request does not free the holder's key
+        with pytest.raises(IdempotencyBusy), one.claim_idempotency("k6"):
+            pass
+        with pytest.raises(IdempotencyBusy), one.claim_idempotency("k6"):
+            pass
 
 
 def test_old_applied_batches_orphans_and_keys_are_pruned(connection: S3Connection) -> None:

@@ -101,6 +101,12 @@ class Host:
         assert process.returncode == 0, f"host {self.name}: {' '.join(args)}: {output}"
         return output
 
+    def log_tail(self, lines: int = 15) -> str:
+        """The end of the host's API replica log, where a failed request's traceback goes."""
+        log = self.root / "api.log"
+        text = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else []
+        return "\n".join([f"host {self.name} api.log:", *text])
+
     def kill(self) -> None:
         """SIGKILL every process of the host: runs and the API replica, with no chance to clean up."""
         for process in self.processes:
@@ -119,14 +125,20 @@ class Client:
         self.headers = {"Authorization": f"Bearer {bearer}"}
         self.integration_token, self.replicas = integration_token, replicas
         self.acknowledged: dict[int, str] = {}  # request -> batch id
+        self.failure = ""  # why send_all stopped early, for the test's assertion
+        self.events: list[str] = []  # every answer but a 202, for that assertion's message
 
     def _post(self, replica: ApiServer, request: int) -> httpx.Response | None:
         body = {"integration_token": self.integration_token, "data": records(request)}
         headers = {**self.headers, "Idempotency-Key": f"request-{request}"}
         try:
-            return httpx.post(f"{replica.url}/v1/end-users", json=body, headers=headers, timeout=10)
-        except httpx.HTTPError:
+            answer = httpx.post(f"{replica.url}/v1/end-users", json=body, headers=headers, timeout=10)
+        except httpx.HTTPError as exc:
+            self.events.append(f"{time.monotonic():.2f} request {request} to {replica.url}: {exc!r}")
             return None  # the replica is gone
+        if answer.status_code != 202:
+            self.events.append(f"{time.monotonic():.2f} request {request} to {replica.url}: {answer.status_code} {answer.text}")
+        return answer
 
     def send(self, request: int, first: int) -> str:
         deadline = time.monotonic() + 120  # a dead replica's claim on the key is taken over after CLAIM_TIMEOUT
@@ -143,15 +155,19 @@ class Client:
         raise AssertionError(f"request {request} was never acknowledged")
 
     def send_all(self) -> None:
-        for request in range(REQUESTS):
-            if request % 4 == 0:  # the same key to both replicas at the same time
-                with ThreadPoolExecutor(2) as pool:
-                    ids = set(pool.map(self.send, [request, request], [0, 1]))
-                assert len(ids) == 1, f"request {request}: one key, two batches {ids}"
-                self.acknowledged[request] = ids.pop()
-            else:
-                self.acknowledged[request] = self.send(request, request)
-            time.sleep(0.05)
+        try:
+            for request in range(REQUESTS):
+                if request % 4 == 0:  # the same key to both replicas at the same time
+                    with ThreadPoolExecutor(2) as pool:
+                        ids = set(pool.map(self.send, [request, request], [0, 1]))
+                    assert len(ids) == 1, f"request {request}: one key, two batches {ids}"
+                    self.acknowledged[request] = ids.pop()
+                else:
+                    self.acknowledged[request] = self.send(request, request)
+                time.sleep(0.05)
+        except Exception as exc:
+            self.failure = "\n".join([f"{type(exc).__name__}: {exc}", *self.events[-30:]])
+            raise
 
 
 class Analyst(threading.Thread):
@@ -243,9 +259,12 @@ def test_two_hosts_under_load_one_killed_mid_run_lose_nothing_and_apply_nothing_
             time.sleep(0.1)
         time.sleep(1.5)  # into the apply: reading, casting, writing Parquet to S3
         assert billing.poll() is None, "the billing run ended before the kill: make its file larger"
+        client.events.append(f"{time.monotonic():.2f} host b killed")
         host_b.kill()  # the whole host: its run and its API replica
         sender.join(timeout=300)
-        assert not sender.is_alive() and len(client.acknowledged) == REQUESTS
+        assert not sender.is_alive() and len(client.acknowledged) == REQUESTS, "\n".join(
+            [client.failure, *(host.log_tail() for host in (host_a, host_b))]
+        )
         assert crm.wait(timeout=300) == 0, crm.communicate()[0]
         host_a.run("run", "web")
 

@@ -72,6 +72,9 @@ class S3BatchStore:
         self.prefix = "/".join(p for p in (connection.prefix, prefix.strip("/")) if p)
         self.description = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
         self._claims: dict[str, str] = {}  # key hash -> ETag of this replica's claim
+        # Keys a request of this replica is answering: the others with the key wait (409), so
+        # only the holder ever reads or changes its entry in _claims.
+        self._held: set[str] = set()
         self._claims_lock = threading.Lock()
         self._health: tuple[float, str | None] = (0.0, None)
         # An idempotency claim without its batch this old belongs to a replica that died.
@@ -243,13 +246,25 @@ class S3BatchStore:
             self._claims[key_hash] = etag
         return None
 
+    def _hold(self, key_hash: str) -> None:
+        """Take the key within this replica, or IdempotencyBusy if another of its requests has it."""
+        with self._claims_lock:
+            if key_hash in self._held:
+                raise IdempotencyBusy()
+            self._held.add(key_hash)
+
     def _release(self, key_hash: str) -> None:
         with self._claims_lock:
             etag = self._claims.pop(key_hash, None)
+            self._held.discard(key_hash)
         if etag is not None:
-            # Still claimed, so nothing was landed (a 4xx answer, or storage failed): free the key now.
+            # Still claimed, so nothing was landed (a 4xx answer, or storage failed): free the key
+            # now. Only while the claim is still ours: one taken over after claim_timeout belongs
+            # to another replica, which may have landed its batch under the key.
             try:
-                self.client.delete_object(Bucket=self.bucket, Key=self._key(IDEMPOTENCY_DIR, f"{key_hash}.json"))
+                self.client.delete_object(
+                    Bucket=self.bucket, Key=self._key(IDEMPOTENCY_DIR, f"{key_hash}.json"), IfMatch=etag
+                )
             except Exception:  # noqa: BLE001 - the claim then expires after claim_timeout
                 pass
 
@@ -372,7 +387,12 @@ class _S3Claim:
         self.store, self.key_hash = store, key_hash
 
     def __enter__(self) -> dict[str, Any] | None:
-        return self.store._take(self.key_hash)
+        self.store._hold(self.key_hash)
+        try:
+            return self.store._take(self.key_hash)
+        except BaseException:
+            self.store._release(self.key_hash)
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.store._release(self.key_hash)
