@@ -78,6 +78,10 @@ def _expected_export(landing: Path) -> list[list[str]]:
     ]
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_the_demo_from_start_to_ctrl_c(tmp_path: Path) -> None:
     ui_port, api_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "INTEGRATION_HUB_CATALOG")}
@@ -87,6 +91,9 @@ def test_the_demo_from_start_to_ctrl_c(tmp_path: Path) -> None:
     demo = subprocess.Popen(
         [_cli(), "demo", "--port", str(ui_port), "--api-port", str(api_port)],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        # As a terminal's Ctrl-C finds it: a test session started in the background of a shell
+        # without job control ignores SIGINT, and the demo would inherit that.
+        preexec_fn=_sigint_default,
     )
     try:
         # 1. The first crm run applies the sample files it was started for (the sensor names them), one
