@@ -86,9 +86,9 @@ def _recorded(
     """Batches already recorded as processed: batch id -> (run_id, status)."""
     if not batch_ids:
         return {}
-    keys = ", ".join(sql_value(batch_id) for batch_id in batch_ids)
     rows = con.execute(
-        f"SELECT key, run_id, status FROM processed_files WHERE integration = {sql_value(integration)} AND key IN ({keys})"
+        f"SELECT key, run_id, status FROM processed_files WHERE integration = {sql_value(integration)} "
+        f"AND key IN {sql_values(batch_ids)}"
     ).fetchall()
     return {key: (run_id, status) for key, run_id, status in rows}
 

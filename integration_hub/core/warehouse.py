@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import duckdb
 
 from .catalog import Catalog, InboundIntegration, S3Connection
-from .sql import DUCKDB_TYPES, ident, literal
+from .sql import DUCKDB_TYPES, ident, literal, sql_values
 
 MEMORY_LIMIT_ENV = "INTEGRATION_HUB_DUCKDB_MEMORY"
 # DuckDB would take 80% of RAM; the warehouse shares the machine with Dagster and the API, and
@@ -895,7 +895,7 @@ def tables_columns(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[st
     # Quoted in place, not bound: binding any parameter makes DuckDB's Python client import pandas (0.5 s).
     rows = con.execute(
         "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
-        f"AND schema_name = 'main' AND table_name IN ({', '.join(literal(t) for t in tables)}) "
+        f"AND schema_name = 'main' AND table_name IN {sql_values(tables)} "
         "ORDER BY table_name, column_index"
     ).fetchall()
     found: dict[str, dict[str, str]] = {table: {} for table in tables}
