@@ -12,7 +12,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from .catalog import Catalog, FileExportIntegration, InboundIntegration, Integration, SalesforceIntegration
 from .ingest import RunRecord, table_preview
 from .outcome import TAG_OUTCOME, RunOutcome, run_outcome, worst
-from .sql import DUCKDB_TYPES, ident
+from .sql import DUCKDB_TYPES, ident, sorted_id_hashes
 from .state import job_name, schedule_name, sensor_name
 from .warehouse import (
     TAG_INTEGRATION,
@@ -116,10 +116,9 @@ def user_id_counts(
         duplicates = 0
         for part in range(parts):
             of_part = f"user_id IS NOT NULL AND hash(user_id) % {parts} = {part}"
-            # Sorted, a repeated hash sits next to itself: 2.5x faster than count(DISTINCT), a hash table.
+            part_rows = f"(SELECT user_id FROM {name} WHERE {of_part})"
             rows, repeated = con.execute(
-                "SELECT count(*), count(*) FILTER (h = next_h) FROM "
-                f"(SELECT h, lead(h) OVER (ORDER BY h) AS next_h FROM (SELECT hash(user_id) AS h FROM {name} WHERE {of_part}))"
+                f"SELECT count(*), count(*) FILTER (h = next_h) FROM ({sorted_id_hashes(part_rows)})"
             ).fetchone()
             if repeated:
                 rows, ids = con.execute(f"SELECT count(*), count(DISTINCT user_id) FROM {name} WHERE {of_part}").fetchone()

@@ -23,7 +23,16 @@ from typing import Any, Literal
 import duckdb
 
 from .catalog import InboundIntegration
-from .sql import ident, literal, rejection_reason, sql_value, sql_values, trimmed_cell, typed_value
+from .sql import (
+    ident,
+    literal,
+    rejection_reason,
+    sorted_id_hashes,
+    sql_value,
+    sql_values,
+    trimmed_cell,
+    typed_value,
+)
 from .warehouse import (
     LAKE,
     MEMORY_LIMIT_ENV,
@@ -220,13 +229,13 @@ def _staged_view_sql(stage_file: str, row_offset: int) -> str:
 
 
 def _duplicates_sql() -> str:
-    # Count first, over the ids' hashes alone (8 bytes each, not the text: half the memory at 8M
-    # rows); only ids whose hash repeats are counted as text, and the (few) duplicated ids then get
-    # their first row numbers. An ordered list() over every id would sort the whole source.
-    return """
+    # The ids' hashes first (8 bytes each, not the text), sorted; only ids whose hash repeats are
+    # counted as text, and the (few) duplicated ids then get their first row numbers. An ordered
+    # list() over every id would sort the whole source.
+    return f"""
     CREATE OR REPLACE TEMP TABLE _dups AS
     WITH repeated AS (
-        SELECT hash(user_id) AS h FROM _stage WHERE user_id IS NOT NULL GROUP BY h HAVING count(*) > 1
+        SELECT DISTINCT h FROM ({sorted_id_hashes("_stage")}) WHERE h = next_h
     ), counted AS (
         SELECT user_id, count(*) AS n FROM _stage
          WHERE user_id IS NOT NULL AND hash(user_id) IN (SELECT h FROM repeated)

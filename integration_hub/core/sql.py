@@ -110,3 +110,17 @@ def typed_value(cell: str, raw: str, property_type: str) -> str:
 
 def rejection_reason(property_type: str) -> str:
     return f"not a valid {property_type}: expected {TYPE_HINTS[property_type]}"
+
+
+def sorted_id_hashes(relation: str) -> str:
+    """SQL: the hash of each non-NULL `user_id` of `relation` (`h`) beside the next one in order (`next_h`).
+
+    A hash that repeats sits next to itself, so `h = next_h` marks every repeat. Sorting 8-byte
+    hashes is some 2x faster than counting them in a hash table (GROUP BY, count(DISTINCT)) and
+    spills to disk beyond the memory limit. Equal hashes are only candidates: the ids themselves
+    must be compared (two ids may share a hash).
+    """
+    return (
+        "SELECT h, lead(h) OVER (ORDER BY h) AS next_h "
+        f"FROM (SELECT hash(user_id) AS h FROM {relation} WHERE user_id IS NOT NULL)"
+    )
