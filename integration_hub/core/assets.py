@@ -104,9 +104,10 @@ def user_id_counts(
 ) -> tuple[int, int, int]:
     """(rows, rows beyond the first of each user_id, rows without a user_id) of a table, from one snapshot.
 
-    Exact, in bounded memory: the ids are counted in partitions of about `partition_rows` by their
-    hash, and by the hashes themselves (8 bytes, not the text), sorted. Only a partition whose hashes repeat
-    (a duplicate, or two ids with one hash) has its ids counted as text.
+    Exact, in bounded memory: the ids are split by their hash into partitions of about
+    `partition_rows`, and each partition's hashes (8 bytes, not the text) are sorted, which puts a
+    repeated hash next to itself. Only a partition whose hashes repeat (a duplicate, or two ids with
+    one hash) has its ids counted as text.
     """
     name = ident(table)
     con.execute("BEGIN TRANSACTION")  # read-only: one snapshot for every count, no commit turn taken
