@@ -32,7 +32,7 @@ import duckdb
 
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
-from ..core.sql import ident, literal
+from ..core.sql import ident, literal, trimmed_cell
 from ..core.warehouse import ensure_bookkeeping, ensure_table, transaction
 from ..reports.factory import ReportError, report_table, validate_report_sql
 from .auth import SalesforceAuthError, redact
@@ -350,7 +350,7 @@ class SalesforceSync:
         """Report rows -> key, wire values, payload, invalid reason; then the diff with the snapshot."""
         con = self.con
         key_col = f"src.{ident(plan.key.column)}"
-        selects = ["_sf_n AS _row", f"NULLIF(trim(CAST({key_col} AS VARCHAR)), '') AS report_key"]
+        selects = ["_sf_n AS _row", f"{trimmed_cell(f'CAST({key_col} AS VARCHAR)')} AS report_key"]
         pairs, problems = [], []
         for n, spec in enumerate(plan.fields):
             col = f"src.{ident(spec.column)}"
