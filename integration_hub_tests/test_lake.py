@@ -141,8 +141,8 @@ def test_sql_prints_a_table_csv_and_json(local_landing: Landing, capsys) -> None
     lines = out.splitlines()
     assert lines[0].split() == ["user_id", "plan"] and lines[2].split() == ["a@x.com", "gold"]
     assert lines[3].split() == ["b@x.com", "-"]
-    code, out, _ = cli(capsys, "sql", "SELECT user_id, plan, support_tickets FROM user_profiles ORDER BY 1", "--csv", *at)
-    assert out.splitlines() == ["user_id,plan,support_tickets", "a@x.com,gold,1.0", "b@x.com,,2.0"]
+    code, out, _ = cli(capsys, "sql", "SELECT user_id, plan, support_tickets, active FROM user_profiles ORDER BY 1", "--csv", *at)
+    assert out.splitlines() == ["user_id,plan,support_tickets,active", "a@x.com,gold,1.0,true", "b@x.com,,2.0,false"]
     code, out, _ = cli(capsys, "sql", "SELECT user_id, signup_date FROM user_profiles ORDER BY 1", "--json", *at)
     assert json.loads(out) == [
         {"user_id": "a@x.com", "signup_date": "2024-01-01"},

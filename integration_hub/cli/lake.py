@@ -110,7 +110,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
             writer = csv.writer(sys.stdout, lineterminator="\n")
             writer.writerow(columns)
             while rows := result.fetchmany(FETCH_ROWS):
-                writer.writerows(["" if v is None else v for v in row] for row in rows)
+                writer.writerows([_csv_cell(v) for v in row] for row in rows)
             return 0
         if args.json:
             print_json(_all_rows(result, columns))
@@ -120,6 +120,15 @@ def cmd_sql(args: argparse.Namespace) -> int:
         if len(rows) > TABLE_ROWS:
             print(f"(the first {TABLE_ROWS} rows; --csv or --json gives all of them)")
     return 0
+
+
+def _csv_cell(value: Any) -> Any:
+    """A value as DuckDB's own CSV writer (and the file exports) spells it: NULL empty, booleans lowercase."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
 
 
 def _all_rows(result: duckdb.DuckDBPyConnection, columns: list[str]) -> list[dict[str, Any]]:
