@@ -52,17 +52,18 @@ Progress = Callable[[str], None]  # receives a line for the run's log
 ROW_ERROR_COLUMN = "_row_error"  # optional source column: a reason the whole row is unusable
 ROW_SOURCE_COLUMN = "_row_source"  # optional source column: where each row comes from (else the run's source)
 PREVIEW_ROWS = 5
-# From this many valid rows, and at least 1/REWRITE_MIN_SHARE of the table, a source rewrites
-# the table instead of MERGE-ing into it (see _rewrite_table; measured by benchmarks/bench_csv.py).
+# From this many valid rows, and at least 1/REWRITE_MIN_SHARE of the table, a source writes its
+# users' rows anew instead of MERGE-ing them (see _rewrite_table; measured by benchmarks/bench_csv.py).
 REWRITE_MIN_ROWS = 200_000
 REWRITE_MIN_SHARE = 4
-# A rewritten table's files hold this many row groups of PARQUET_ROW_GROUP_ROWS: about 0.5M rows,
+# Rewritten rows' files hold this many row groups of PARQUET_ROW_GROUP_ROWS: about 0.5M rows,
 # some 16 MB, like the files DuckLake writes itself (LAKE_FILE_OPTIONS).
 REWRITE_FILE_ROW_GROUPS = 32
-# The rewrite's join holds the source's ids in a hash table; it is split into parts (by a hash of
-# the id) so that each part's table fits in this share of DuckDB's memory_limit, leaving the rest
-# to the Parquet readers and writers. One table of 8M ids would take ~640 MB: DuckDB would spill
-# it under a 1 GB limit, and the process would pass 1 GB (benchmarks/README.md, peak RSS).
+# The rewrite's join, and the swap's DELETE, hold source rows (ids, and values where they need
+# their old row) in a hash table; each is split into parts (by a hash of the id) so that each part's
+# table fits in this share of DuckDB's memory_limit, leaving the rest to the Parquet readers and
+# writers. One table of 8M ids would take ~640 MB: DuckDB would spill it under a 1 GB limit, and the
+# process would pass 1 GB (benchmarks/README.md, peak RSS).
 JOIN_MEMORY_SHARE = 0.4
 # Bytes per source row in that hash table beyond the id's own characters, and per value carried
 # by a row that needs its old row (`_fill`); measured with DuckDB 1.4 (duckdb_memory()).
@@ -323,14 +324,16 @@ def _table_files(con: duckdb.DuckDBPyConnection, table: str) -> set[tuple[str, s
 
 @dataclass
 class _RewrittenTable:
-    """A table's merged rows, written as Parquet files in its data folder but not yet in the lake."""
+    """The source's users' new rows, written as Parquet files in the table's data folder but not yet in the lake."""
 
     table: str
     files: list[str]
     read_files: set[tuple[str, str | None]]  # the table's files the merged rows were read from
+    source_ids: str  # SQL: the user_id of every row the files hold
+    parts: int  # the DELETE's semi-join runs in this many parts (by a hash of the id), as the join did
 
     def swap_in(self, con: duckdb.DuckDBPyConnection) -> None:
-        """(In the write transaction.) Delete the old rows and add the files: one snapshot, a short commit."""
+        """(In the write transaction.) Delete the source's users' old rows and add the files: one snapshot."""
         if _table_files(con, self.table) != self.read_files:
             # Only this integration's runs write its table, one at a time (integration_lock), but
             # maintenance may have merged its files: the merged files must not go in over a change.
@@ -338,7 +341,20 @@ class _RewrittenTable:
                 f"{self.table} changed while it was being rewritten (another writer or the warehouse "
                 "maintenance committed meanwhile): nothing was applied; run it again"
             )
-        con.execute(f"DELETE FROM {ident(self.table)}")
+        # The source's ids must be the semi-join's hash table (the build side): with the table's
+        # rows there instead (a RIGHT_SEMI join, which DuckDB picks when it estimates the table's
+        # side smaller), DuckLake 0.3's DELETE deletes nothing (test_durability's split apply).
+        con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+        try:
+            for part in range(self.parts):
+                in_part = f"hash(user_id) % {self.parts} = {part}" if self.parts > 1 else "true"
+                con.execute(
+                    f"DELETE FROM {ident(self.table)} WHERE {in_part} "
+                    f"AND user_id IN (SELECT user_id FROM ({self.source_ids}) WHERE {in_part})"
+                )
+        finally:
+            with contextlib.suppress(duckdb.Error):  # after an error, the error is what counts
+                con.execute("RESET disabled_optimizers")
         for file in self.files:
             con.execute(f"CALL ducklake_add_data_files({literal(LAKE)}, {literal(self.table)}, {literal(file)})")
 
@@ -353,27 +369,30 @@ class _RewrittenTable:
 def _join_parts(
     con: duckdb.DuckDBPyConnection, stage_file: str, valid_rows: int, values: int, carried: Literal["all", "blanks", "none"]
 ) -> int:
-    """How many parts the rewrite's join is split into, so each part's hash table fits (JOIN_MEMORY_SHARE).
+    """How many parts a hash table of the source is built in, so each part fits (JOIN_MEMORY_SHARE).
 
-    The estimate uses the staged source: its ids' characters, and as the rows that carry their
-    values (`_fill`) all of them, none, or at most as many as the source has blank cells (from
-    the Parquet statistics: no scan of the values).
+    `carried` says what the table holds: "none", the id of every valid row (the swap's DELETE);
+    "all" or "blanks", the rows that need their old row, with their values (the rewrite's join):
+    all of them, or at most as many as the source has blank cells (from the Parquet statistics:
+    no scan of the values). The ids' characters come from the staged source.
     """
     if carried not in ("all", "blanks", "none"):
         raise ValueError(f"carried must be 'all', 'blanks' or 'none', not {carried!r}")
     id_bytes = con.execute(f"SELECT coalesce(sum(strlen(user_id)), 0) FROM read_parquet({literal(stage_file)})").fetchone()[0]
-    if carried == "all":
-        fills = valid_rows
-    elif carried == "blanks":
-        typed = ", ".join(literal(f"_typed{k}") for k in range(values))
-        blanks = con.execute(
-            f"SELECT coalesce(sum(stats_null_count), 0) FROM parquet_metadata({literal(stage_file)}) "
-            f"WHERE path_in_schema IN ({typed})"
-        ).fetchone()[0]
-        fills = min(valid_rows, int(blanks))
+    if carried == "none":
+        needed = valid_rows * JOIN_ROW_BYTES + int(id_bytes)
     else:
-        fills = 0
-    needed = valid_rows * JOIN_ROW_BYTES + int(id_bytes) + fills * JOIN_VALUE_BYTES * (values + 1)
+        if carried == "all":
+            rows = valid_rows
+        else:
+            typed = ", ".join(literal(f"_typed{k}") for k in range(values))
+            blanks = con.execute(
+                f"SELECT coalesce(sum(stats_null_count), 0) FROM parquet_metadata({literal(stage_file)}) "
+                f"WHERE path_in_schema IN ({typed})"
+            ).fetchone()[0]
+            rows = min(valid_rows, int(blanks))
+        id_share = int(id_bytes) * rows // max(1, valid_rows)
+        needed = rows * (JOIN_ROW_BYTES + JOIN_VALUE_BYTES * (values + 1)) + id_share
     return max(1, math.ceil(needed / (memory_limit_bytes(con) * JOIN_MEMORY_SHARE)))
 
 
@@ -387,75 +406,80 @@ def _rewrite_table(
     stage_file: str,
     valid_count: int,
 ) -> _RewrittenTable:
-    """Write the table's merged rows anew, outside the write transaction (see _RewrittenTable).
+    """Write the source's users' new rows, outside the write transaction (see _RewrittenTable).
 
-    Every user is written once: the old rows the source does not mention as they were, the
-    source's rows merged with their old values. For a source that is large next to its table this
-    beats MERGE, whose updates the lake writes as a delete and an insert per row. The slow part,
-    reading and writing every row, holds no lock: other integrations commit meanwhile. The table
-    keeps its identity, so its history (`ducklake_table_insertions`, time travel) runs on.
+    Each user of the source is written once, merged with their old row where it needs it; the
+    swap then deletes those users' old rows, and the rest of the table stays in its files. For a
+    large source this beats MERGE, which joins every column of the table and writes its updates
+    row by row. The slow part, reading and writing the rows, holds no lock: other integrations
+    commit meanwhile. The table keeps its identity, so its history (`ducklake_table_insertions`,
+    time travel) runs on.
 
     Most source rows need nothing of their old row: with `on_blank: keep`, a row without a blank
-    cell replaces every mapped value. Those are written straight from the source. Only the ids,
-    plus the values of the rows that do need their old row (`_fill`), go into the join's hash
-    table, which is built in parts (`_join_parts`) so that it stays in memory.
+    cell replaces every mapped value. Those are written straight from the source. Only the rows
+    that do need it go into the join's hash table, which is built in parts (`_join_parts`) so
+    that it stays in memory.
     """
     mapped = [name for _, name, _ in integration.inbound_properties]
     columns = table_columns(con, table)
     kept = [name for name in columns if name not in mapped and name not in ("user_id", "_updated_at", "_source")]
-    carried: Literal["all", "blanks", "none"]  # which source rows carry their values into the join
+    carried: Literal["all", "blanks", "none"]  # which source rows need their old row
     if kept:  # columns of properties no longer in the catalog keep their values: every row needs its old row
         needs_old, carried = "true", "all"
     elif integration.on_blank == "keep":  # a blank cell keeps the old value
         needs_old, carried = " OR ".join(f"{ident(name)} IS NULL" for name in mapped) or "false", "blanks"
     else:
         needs_old, carried = "false", "none"
-    fill = ", ".join([*(f"{ident(name)} := {ident(name)}" for name in mapped), "_row_source := _row_source"])
-    # A list, not a struct: a NULL list takes no room in the hash table's rows, a NULL struct does.
-    ids = f"SELECT user_id, CASE WHEN {needs_old} THEN [struct_pack({fill})] END AS _fill FROM ({valid_rows})"
-    stamp, filled_source = _written_by(source, applied_at, "s._fill[1]._row_source")
+    stamp, filled_source = _written_by(source, applied_at, "s._row_source")
     _, own_source = _written_by(source, applied_at, "_row_source")
     joined, straight = [], []
     for name, data_type in columns.items():
         column = ident(name)
         if name == "user_id":
-            old_or_new, new = "COALESCE(s.user_id, t.user_id)", "user_id"
+            merged, new = "s.user_id", "user_id"
         elif name in mapped:
-            merged = f"COALESCE(s._fill[1].{column}, t.{column})" if integration.on_blank == "keep" else f"s._fill[1].{column}"
-            old_or_new, new = f"CASE WHEN s.user_id IS NULL THEN t.{column} ELSE {merged} END", column
+            merged = f"COALESCE(s.{column}, t.{column})" if integration.on_blank == "keep" else f"s.{column}"
+            new = column
         elif name == "_updated_at":
-            old_or_new, new = f"CASE WHEN s.user_id IS NULL THEN t._updated_at ELSE {stamp} END", stamp
+            merged, new = stamp, stamp
         elif name == "_source":
-            old_or_new, new = f"CASE WHEN s.user_id IS NULL THEN t._source ELSE {filled_source} END", own_source
+            merged, new = filled_source, own_source
         else:  # a column of a property no longer in the catalog keeps its values (needs_old is true)
-            old_or_new, new = f"t.{column}", "NULL"
+            merged, new = f"t.{column}", "NULL"
         # The file's columns must have the table's names and types exactly (ducklake_add_data_files).
-        joined.append(f"CAST({old_or_new} AS {data_type}) AS {column}")
+        joined.append(f"CAST({merged} AS {data_type}) AS {column}")
         straight.append(f"CAST({new} AS {data_type}) AS {column}")
     read_files = _table_files(con, table)  # before reading the rows: a change in between fails the swap
     folder = table_data_folder(con, table)
     if "://" not in folder:
         os.makedirs(folder, exist_ok=True)
-    parts = _join_parts(con, stage_file, valid_count, len(mapped), carried)
+    parts = _join_parts(con, stage_file, valid_count, len(mapped), carried) if carried != "none" else 1
     # Row order in the files does not matter; not keeping it lets the write stream on every thread
-    # (apply_source resets it: staging relies on the order). The ids (the join's right side) must
-    # be what the hash table holds, whatever the optimizer estimates: the table's side carries
+    # (apply_source resets it: staging relies on the order). The source rows (the join's right side)
+    # must be what the hash table holds, whatever the optimizer estimates: the table's side carries
     # every column.
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET disabled_optimizers = 'build_side_probe_side'")
-    rewritten = _RewrittenTable(table, [], read_files)
+    rewritten = _RewrittenTable(
+        table, [], read_files, f"SELECT user_id FROM ({valid_rows})",
+        _join_parts(con, stage_file, valid_count, len(mapped), "none"),
+    )
     try:
         for part in range(parts):
             in_part = f"hash(user_id) % {parts} = {part}" if parts > 1 else "true"
-            # The rows that need no old row go with the first part: they take no room in the hash table.
-            straight_rows = f" UNION ALL SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})" if part == 0 else ""
+            rows = []
+            if carried != "none":
+                rows.append(
+                    f"SELECT {', '.join(joined)} FROM (FROM {ident(table)} WHERE {in_part}) AS t "
+                    f"RIGHT OUTER JOIN (FROM ({valid_rows}) WHERE ({needs_old}) AND {in_part}) AS s ON t.user_id = s.user_id"
+                )
+            if part == 0:  # the rows that need no old row take no room in the hash table
+                rows.append(f"SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})")
             # Files of REWRITE_FILE_ROW_GROUPS row groups, named as DuckLake names its own: a killed run's (or a
-            # failed COPY's) files are orphans that maintenance deletes. Several files, not one, because the
-            # next rewrite's DELETE holds each file's deleted row numbers in memory at once.
+            # failed COPY's) files are orphans that maintenance deletes. Several files, not one, because a
+            # later DELETE holds each file's deleted row numbers in memory at once.
             written = con.execute(
-                f"COPY (SELECT {', '.join(joined)} FROM (FROM {ident(table)} WHERE {in_part}) AS t "
-                f"FULL OUTER JOIN (FROM ({ids}) WHERE {in_part}) AS s "
-                f"ON t.user_id = s.user_id WHERE s.user_id IS NULL OR s._fill IS NOT NULL{straight_rows}) "
+                f"COPY ({' UNION ALL '.join(rows)}) "
                 # Without its closing '/': DuckDB would join it to the file names with a second one, and
                 # DuckLake's orphan cleanup would not recognise the files as the table's.
                 f"TO {literal(folder.rstrip('/'))} (FORMAT parquet, ROW_GROUP_SIZE {PARQUET_ROW_GROUP_ROWS}, "
@@ -473,7 +497,13 @@ def _rewrite_table(
 
 
 def _rewrites(table_rows: int, valid_rows: int) -> bool:
-    """Whether a source of `valid_rows` rewrites a table of `table_rows` (else it is MERGEd)."""
+    """Whether a source of `valid_rows` rewrites a table of `table_rows` (else it is MERGEd).
+
+    A MERGE must scan the table on the probe side of its join: DuckLake 0.3 loses the deletes of a
+    MERGE that hashes the table's rows when they sit in files added by ducklake_add_data_files (a
+    rewrite's). These thresholds keep a MERGE's source smaller than any table a rewrite wrote (at
+    least REWRITE_MIN_ROWS rows; a table never shrinks), so DuckDB hashes the source.
+    """
     return valid_rows >= REWRITE_MIN_ROWS and valid_rows * REWRITE_MIN_SHARE >= table_rows
 
 
@@ -498,8 +528,8 @@ def apply_source(
     `progress` gets a line per step.
 
     The source is read, cast and validated once, into a Parquet file in the temp folder.
-    A large source rewrites its table into new files before the write transaction, which then
-    only swaps them in; a small one is MERGEd in the transaction.
+    A large source writes its users' rows into new files before the write transaction, which
+    then deletes their old rows and adds the files; a small one is MERGEd in the transaction.
     """
     started = time.perf_counter()
 
@@ -549,13 +579,14 @@ def apply_source(
             on_decision(applying)
         rows = _valid_rows_sql(integration, stage_file, rows_rejected > 0)
         if applying and valid_rows >= REWRITE_MIN_ROWS:
-            with transaction(con):  # the table and its columns, before its rows are written anew
+            with transaction(con):  # the table and its columns, before the source's rows are written
                 ensure_bookkeeping(con)
                 ensure_attribute_table(con, integration)
             existing = con.execute(f"SELECT count(*) FROM {ident(table)}").fetchone()[0]
             if _rewrites(existing, valid_rows):
-                report(f"writing {table} anew: {existing:,} users in the table, {valid_rows:,} rows to apply")
+                report(f"writing {valid_rows:,} users' rows for {table} ({existing:,} users in the table)")
                 rewritten = _rewrite_table(con, integration, table, run.source, run.started_at, rows, stage_file, valid_rows)
+                report(f"wrote {len(rewritten.files)} files; deleting the users' old rows and adding them")
         with transaction(con):
             ensure_bookkeeping(con)
             ensure_attribute_table(con, integration)
