@@ -66,7 +66,7 @@ REWRITE_FILE_ROW_GROUPS = 32
 # process would pass 1 GB (benchmarks/README.md, peak RSS).
 JOIN_MEMORY_SHARE = 0.4
 # Bytes per source row in that hash table beyond the id's own characters, and per value carried
-# by a row that needs its old row (`_fill`); measured with DuckDB 1.4 (duckdb_memory()).
+# by a row that needs its old row; measured with DuckDB 1.4 (duckdb_memory()).
 JOIN_ROW_BYTES = 32
 JOIN_VALUE_BYTES = 16
 
