@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -322,6 +322,22 @@ def _table_files(con: duckdb.DuckDBPyConnection, table: str) -> set[tuple[str, s
     return set(rows.fetchall())
 
 
+@contextlib.contextmanager
+def _source_side_hashed(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Joins keep the side the query puts on the right (the source's rows) as their hash table.
+
+    DuckDB otherwise hashes whichever side it estimates smaller. The table's side carries every
+    column, and a DELETE whose semi-join hashes the table's rows (RIGHT_SEMI) deletes nothing, in
+    DuckLake 0.3, from files added by ducklake_add_data_files (test_durability's split apply).
+    """
+    con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(duckdb.Error):  # after an error, the error is what counts
+            con.execute("RESET disabled_optimizers")
+
+
 @dataclass
 class _RewrittenTable:
     """The source's users' new rows, written as Parquet files in the table's data folder but not yet in the lake."""
@@ -341,20 +357,13 @@ class _RewrittenTable:
                 f"{self.table} changed while it was being rewritten (another writer or the warehouse "
                 "maintenance committed meanwhile): nothing was applied; run it again"
             )
-        # The source's ids must be the semi-join's hash table (the build side): with the table's
-        # rows there instead (a RIGHT_SEMI join, which DuckDB picks when it estimates the table's
-        # side smaller), DuckLake 0.3's DELETE deletes nothing (test_durability's split apply).
-        con.execute("SET disabled_optimizers = 'build_side_probe_side'")
-        try:
+        with _source_side_hashed(con):  # the source's ids are the semi-join's hash table
             for part in range(self.parts):
                 in_part = f"hash(user_id) % {self.parts} = {part}" if self.parts > 1 else "true"
                 con.execute(
                     f"DELETE FROM {ident(self.table)} WHERE {in_part} "
                     f"AND user_id IN (SELECT user_id FROM ({self.source_ids}) WHERE {in_part})"
                 )
-        finally:
-            with contextlib.suppress(duckdb.Error):  # after an error, the error is what counts
-                con.execute("RESET disabled_optimizers")
         for file in self.files:
             con.execute(f"CALL ducklake_add_data_files({literal(LAKE)}, {literal(self.table)}, {literal(file)})")
 
@@ -366,21 +375,33 @@ class _RewrittenTable:
                     os.unlink(file)
 
 
+def _id_bytes(con: duckdb.DuckDBPyConnection, stage_file: str) -> int:
+    """The characters of the staged source's ids (what a hash table of them holds beyond its rows)."""
+    return int(con.execute(f"SELECT coalesce(sum(strlen(user_id)), 0) FROM read_parquet({literal(stage_file)})").fetchone()[0])
+
+
 def _join_parts(
-    con: duckdb.DuckDBPyConnection, stage_file: str, valid_rows: int, values: int, carried: Literal["all", "blanks", "none"]
+    con: duckdb.DuckDBPyConnection,
+    stage_file: str,
+    valid_rows: int,
+    values: int,
+    carried: Literal["all", "blanks", "none"],
+    id_bytes: int | None = None,
 ) -> int:
     """How many parts a hash table of the source is built in, so each part fits (JOIN_MEMORY_SHARE).
 
     `carried` says what the table holds: "none", the id of every valid row (the swap's DELETE);
     "all" or "blanks", the rows that need their old row, with their values (the rewrite's join):
     all of them, or at most as many as the source has blank cells (from the Parquet statistics:
-    no scan of the values). The ids' characters come from the staged source.
+    no scan of the values). The ids' characters come from the staged source (`id_bytes`, if
+    the caller counted them already).
     """
     if carried not in ("all", "blanks", "none"):
         raise ValueError(f"carried must be 'all', 'blanks' or 'none', not {carried!r}")
-    id_bytes = con.execute(f"SELECT coalesce(sum(strlen(user_id)), 0) FROM read_parquet({literal(stage_file)})").fetchone()[0]
+    if id_bytes is None:
+        id_bytes = _id_bytes(con, stage_file)
     if carried == "none":
-        needed = valid_rows * JOIN_ROW_BYTES + int(id_bytes)
+        needed = valid_rows * JOIN_ROW_BYTES + id_bytes
     else:
         if carried == "all":
             rows = valid_rows
@@ -391,7 +412,7 @@ def _join_parts(
                 f"WHERE path_in_schema IN ({typed})"
             ).fetchone()[0]
             rows = min(valid_rows, int(blanks))
-        id_share = int(id_bytes) * rows // max(1, valid_rows)
+        id_share = id_bytes * rows // max(1, valid_rows)
         needed = rows * (JOIN_ROW_BYTES + JOIN_VALUE_BYTES * (values + 1)) + id_share
     return max(1, math.ceil(needed / (memory_limit_bytes(con) * JOIN_MEMORY_SHARE)))
 
@@ -453,46 +474,43 @@ def _rewrite_table(
     folder = table_data_folder(con, table)
     if "://" not in folder:
         os.makedirs(folder, exist_ok=True)
-    parts = _join_parts(con, stage_file, valid_count, len(mapped), carried) if carried != "none" else 1
+    id_bytes = _id_bytes(con, stage_file)
+    parts = _join_parts(con, stage_file, valid_count, len(mapped), carried, id_bytes) if carried != "none" else 1
     # Row order in the files does not matter; not keeping it lets the write stream on every thread
-    # (apply_source resets it: staging relies on the order). The source rows (the join's right side)
-    # must be what the hash table holds, whatever the optimizer estimates: the table's side carries
-    # every column.
+    # (apply_source resets it: staging relies on the order).
     con.execute("SET preserve_insertion_order = false")
-    con.execute("SET disabled_optimizers = 'build_side_probe_side'")
     rewritten = _RewrittenTable(
         table, [], read_files, f"SELECT user_id FROM ({valid_rows})",
-        _join_parts(con, stage_file, valid_count, len(mapped), "none"),
+        _join_parts(con, stage_file, valid_count, len(mapped), "none", id_bytes),
     )
-    try:
-        for part in range(parts):
-            in_part = f"hash(user_id) % {parts} = {part}" if parts > 1 else "true"
-            rows = []
-            if carried != "none":
-                rows.append(
-                    f"SELECT {', '.join(joined)} FROM (FROM {ident(table)} WHERE {in_part}) AS t "
-                    f"RIGHT OUTER JOIN (FROM ({valid_rows}) WHERE ({needs_old}) AND {in_part}) AS s ON t.user_id = s.user_id"
-                )
-            if part == 0:  # the rows that need no old row take no room in the hash table
-                rows.append(f"SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})")
-            # Files of REWRITE_FILE_ROW_GROUPS row groups, named as DuckLake names its own: a killed run's (or a
-            # failed COPY's) files are orphans that maintenance deletes. Several files, not one, because a
-            # later DELETE holds each file's deleted row numbers in memory at once.
-            written = con.execute(
-                f"COPY ({' UNION ALL '.join(rows)}) "
-                # Without its closing '/': DuckDB would join it to the file names with a second one, and
-                # DuckLake's orphan cleanup would not recognise the files as the table's.
-                f"TO {literal(folder.rstrip('/'))} (FORMAT parquet, ROW_GROUP_SIZE {PARQUET_ROW_GROUP_ROWS}, "
-                f"ROW_GROUPS_PER_FILE {REWRITE_FILE_ROW_GROUPS}, "
-                "FILENAME_PATTERN 'ducklake-{uuid}', APPEND, RETURN_FILES true)"
-            ).fetchone()
-            rewritten.files += written[1]
-    except BaseException:
-        rewritten.discard()  # the parts written before the failure
-        raise
-    finally:
-        with contextlib.suppress(duckdb.Error):
-            con.execute("RESET disabled_optimizers")
+    # The source rows (the join's right side) are the hash table: the table's side carries every column.
+    with _source_side_hashed(con):
+        try:
+            for part in range(parts):
+                in_part = f"hash(user_id) % {parts} = {part}" if parts > 1 else "true"
+                rows = []
+                if carried != "none":
+                    rows.append(
+                        f"SELECT {', '.join(joined)} FROM (FROM {ident(table)} WHERE {in_part}) AS t "
+                        f"RIGHT OUTER JOIN (FROM ({valid_rows}) WHERE ({needs_old}) AND {in_part}) AS s ON t.user_id = s.user_id"
+                    )
+                if part == 0:  # the rows that need no old row take no room in the hash table
+                    rows.append(f"SELECT {', '.join(straight)} FROM ({valid_rows}) WHERE NOT ({needs_old})")
+                # Files of REWRITE_FILE_ROW_GROUPS row groups, named as DuckLake names its own: a killed run's (or a
+                # failed COPY's) files are orphans that maintenance deletes. Several files, not one, because a
+                # later DELETE holds each file's deleted row numbers in memory at once.
+                written = con.execute(
+                    f"COPY ({' UNION ALL '.join(rows)}) "
+                    # Without its closing '/': DuckDB would join it to the file names with a second one, and
+                    # DuckLake's orphan cleanup would not recognise the files as the table's.
+                    f"TO {literal(folder.rstrip('/'))} (FORMAT parquet, ROW_GROUP_SIZE {PARQUET_ROW_GROUP_ROWS}, "
+                    f"ROW_GROUPS_PER_FILE {REWRITE_FILE_ROW_GROUPS}, "
+                    "FILENAME_PATTERN 'ducklake-{uuid}', APPEND, RETURN_FILES true)"
+                ).fetchone()
+                rewritten.files += written[1]
+        except BaseException:
+            rewritten.discard()  # the parts written before the failure
+            raise
     return rewritten
 
 
