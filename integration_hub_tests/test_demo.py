@@ -11,11 +11,13 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +25,22 @@ import httpx
 import psutil
 import pytest
 
+from integration_hub.cli.demo import DEMO_CATALOG
 from integration_hub_tests.fakes.azurite import free_port
 
-pytestmark = pytest.mark.timeout(240)  # ~1 minute on an idle machine; generous for a loaded one
+# ~1 minute on an idle machine; generous for a loaded one, plus up to TEST_WINDOW_SECONDS of waiting
+pytestmark = pytest.mark.timeout(600)
 
 RUNS_QUERY = """
 { runsOrError(limit: 50) { __typename ... on Runs { results { runId jobName status tags { key value } } } } }
 """
 BAD_FILE = "mail,Plan Tier\na@x.com,gold\n"  # no user id column: the file fails, and with it its run
 TRUE = {"true", "yes", "1"}
+# The demo's crm schedule ticks every 15 minutes (its export's, hourly) and a schedule run takes whatever is
+# pending when it starts, the file this test drops included: that file would then fail inside the sample
+# files' run rather than in a run of its own. The test starts where no tick falls in the time it takes.
+SCHEDULE_PERIOD_SECONDS = 15 * 60
+TEST_WINDOW_SECONDS = 150
 
 
 def _cli() -> str:
@@ -50,15 +59,28 @@ def _runs(port: int) -> list[dict[str, Any]]:
     return runs
 
 
-def _wait_for(what: str, probe, demo: subprocess.Popen, timeout: float) -> Any:
+def _wait_for(what: str, probe, demo: subprocess.Popen, timeout: float, state: Callable[[], str]) -> Any:
+    """`probe()`'s first truthy answer within `timeout`; failing, what `state()` says the demo was doing."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert demo.poll() is None, f"the demo stopped while waiting for {what}"
+        assert demo.poll() is None, f"the demo stopped while waiting for {what}\n{state()}"
         found = probe()
         if found:
             return found
         time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}\n{state()}")
+
+
+def _demo_state(port: int, log: Path) -> str:
+    """The runs the UI knows (oldest first) and the end of the demo's output: what a timeout needs explained."""
+    runs = [
+        f"{r['jobName']} {r['status']} trigger={r['tags'].get('integration_hub/trigger')} "
+        f"outcome={r['tags'].get('integration_hub/outcome')}"
+        for r in reversed(_runs(port))
+    ]
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    tail = [line for line in lines if line.strip() and not line[0].isspace()][-40:]  # no stack frames
+    return "\n".join(["runs:", *runs, "demo output:", *tail])
 
 
 def _expected_export(landing: Path) -> list[list[str]]:
@@ -78,6 +100,15 @@ def _expected_export(landing: Path) -> list[list[str]]:
     ]
 
 
+def _clear_of_schedule_ticks() -> None:
+    """Wait, if need be, until no demo schedule tick falls within the next TEST_WINDOW_SECONDS."""
+    # Every schedule of the demo ticks on a multiple of the period.
+    assert set(re.findall(r'schedule: "([^"]+)"', DEMO_CATALOG)) == {"*/15 * * * *", "0 * * * *"}
+    to_next_tick = -time.time() % SCHEDULE_PERIOD_SECONDS
+    if to_next_tick < TEST_WINDOW_SECONDS:
+        time.sleep(to_next_tick + 2)
+
+
 def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -86,7 +117,9 @@ def test_the_demo_from_start_to_ctrl_c(tmp_path: Path) -> None:
     ui_port, api_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "INTEGRATION_HUB_CATALOG")}
     demo_dir = tmp_path / "demo"
+    _clear_of_schedule_ticks()
     log = open(tmp_path / "demo.log", "wb")
+    state = lambda: _demo_state(ui_port, tmp_path / "demo.log")  # noqa: E731
     started = time.monotonic()
     demo = subprocess.Popen(
         [_cli(), "demo", "--port", str(ui_port), "--api-port", str(api_port)],
@@ -100,16 +133,16 @@ def test_the_demo_from_start_to_ctrl_c(tmp_path: Path) -> None:
         #    of them with a rejected row: partial, green. A file dropped meanwhile gets a run of its own:
         #    it fails on its own, so that run is red, tagged failed.
         landing = demo_dir / "data" / "landing" / "crm"
-        _wait_for("the first crm run", lambda: [r for r in _runs(ui_port) if r["jobName"] == "crm_job"], demo, 100)
+        _wait_for("the first crm run", lambda: [r for r in _runs(ui_port) if r["jobName"] == "crm_job"], demo, 100, state)
         (landing / "zz_bad.csv").write_text(BAD_FILE)
 
         def crm_run(status: str) -> dict | None:
             return next((r for r in _runs(ui_port) if r["jobName"] == "crm_job" and r["status"] == status), None)
 
-        run = _wait_for("the partial crm run", lambda: crm_run("SUCCESS"), demo, 60)
+        run = _wait_for("the partial crm run", lambda: crm_run("SUCCESS"), demo, 90, state)
         assert run["tags"]["integration_hub/outcome"] == "partial"
         assert run["tags"]["integration_hub/integration"] == "crm"
-        failed = _wait_for("the run of the bad file", lambda: crm_run("FAILURE"), demo, 60)
+        failed = _wait_for("the run of the bad file", lambda: crm_run("FAILURE"), demo, 90, state)
         assert failed["tags"]["integration_hub/outcome"] == "failed"
         print(f"{time.monotonic() - started:.0f}s: crm runs")
 
@@ -125,7 +158,7 @@ def test_the_demo_from_start_to_ctrl_c(tmp_path: Path) -> None:
         def export_done() -> bool:
             return any(r["jobName"] == "active_users_export_job" and r["status"] == "SUCCESS" for r in _runs(ui_port))
 
-        _wait_for("the export run", export_done, demo, 60)
+        _wait_for("the export run", export_done, demo, 90, state)
         print(f"{time.monotonic() - started:.0f}s: export")
         rows = list(csv.reader(io.StringIO(exported.read_text(encoding="utf-8"), newline="")))
         assert rows == _expected_export(landing) and len(rows) > 100
