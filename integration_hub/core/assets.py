@@ -12,7 +12,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from .catalog import Catalog, FileExportIntegration, InboundIntegration, Integration, SalesforceIntegration
 from .ingest import RunRecord, table_preview
 from .outcome import TAG_OUTCOME, RunOutcome, run_outcome, worst
-from .sql import DUCKDB_TYPES, ident, sorted_id_hashes
+from .sql import DUCKDB_TYPES, hash_part, ident, sorted_id_hashes
 from .state import job_name, schedule_name, sensor_name
 from .warehouse import (
     TAG_INTEGRATION,
@@ -116,7 +116,7 @@ def user_id_counts(
         parts = max(1, -(-(total - nulls) // partition_rows))
         duplicates = 0
         for part in range(parts):
-            of_part = f"user_id IS NOT NULL AND hash(user_id) % {parts} = {part}"
+            of_part = f"user_id IS NOT NULL AND {hash_part('user_id', parts, part)}"
             part_rows = f"(SELECT user_id FROM {name} WHERE {of_part})"
             rows, repeated = con.execute(
                 f"SELECT count(*), count(*) FILTER (h = next_h) FROM ({sorted_id_hashes(part_rows)})"

@@ -24,6 +24,7 @@ import duckdb
 
 from .catalog import InboundIntegration
 from .sql import (
+    hash_part,
     ident,
     literal,
     rejection_reason,
@@ -359,7 +360,7 @@ class _RewrittenTable:
             )
         with _source_side_hashed(con):  # the source's ids are the semi-join's hash table
             for part in range(self.parts):
-                in_part = f"hash(user_id) % {self.parts} = {part}" if self.parts > 1 else "true"
+                in_part = hash_part("user_id", self.parts, part)
                 con.execute(
                     f"DELETE FROM {ident(self.table)} WHERE {in_part} "
                     f"AND user_id IN (SELECT user_id FROM ({self.source_ids}) WHERE {in_part})"
@@ -487,7 +488,7 @@ def _rewrite_table(
     with _source_side_hashed(con):
         try:
             for part in range(parts):
-                in_part = f"hash(user_id) % {parts} = {part}" if parts > 1 else "true"
+                in_part = hash_part("user_id", parts, part)
                 rows = []
                 if carried != "none":
                     rows.append(

@@ -112,6 +112,11 @@ def rejection_reason(property_type: str) -> str:
     return f"not a valid {property_type}: expected {TYPE_HINTS[property_type]}"
 
 
+def hash_part(column: str, parts: int, part: int) -> str:
+    """SQL: whether a row is in `part` of `parts` that split the rows by a hash of `column` (true if one part)."""
+    return f"hash({column}) % {parts} = {part}" if parts > 1 else "true"
+
+
 def sorted_id_hashes(relation: str) -> str:
     """SQL: the hash of each non-NULL `user_id` of `relation` (`h`) beside the next one in order (`next_h`).
 

@@ -32,7 +32,7 @@ import duckdb
 
 from ..core.catalog import Catalog, SalesforceConnection, SalesforceIntegration
 from ..core.ingest import RunRecord, new_run_id, now_utc, record_run
-from ..core.sql import ident, literal, trimmed_cell
+from ..core.sql import hash_part, ident, literal, trimmed_cell
 from ..core.warehouse import ensure_bookkeeping, ensure_table, transaction
 from ..reports.factory import ReportError, report_table, validate_report_sql
 from .auth import SalesforceAuthError, redact
@@ -581,10 +581,10 @@ class SalesforceSync:
         files = []
         for part in range(parts):
             path = Path(directory) / f"update_{part}.csv"
-            condition = f"hash(salesforce_id) % {parts} = {part}" if parts > 1 else "true"
+            condition = hash_part("salesforce_id", parts, part)
             count = self.con.execute(
                 f"COPY (SELECT {', '.join(columns)} FROM _sf_send s JOIN _sf_pending p USING (salesforce_id) "
-                f"WHERE {condition.replace('salesforce_id', 's.salesforce_id')} ORDER BY s._row) "
+                f"WHERE {hash_part('s.salesforce_id', parts, part)} ORDER BY s._row) "
                 f"TO {literal(str(path))} (FORMAT csv, HEADER true, DELIMITER ',', QUOTE '\"', ESCAPE '\"', "
                 "NEW_LINE '\\n')"
             ).fetchone()[0]
