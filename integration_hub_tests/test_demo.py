@@ -8,6 +8,7 @@ every process the demo started.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -119,7 +120,7 @@ def test_the_demo_from_start_to_ctrl_c(tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo"
     _clear_of_schedule_ticks()
     log = open(tmp_path / "demo.log", "wb")
-    state = lambda: _demo_state(ui_port, tmp_path / "demo.log")  # noqa: E731
+    state = functools.partial(_demo_state, ui_port, tmp_path / "demo.log")
     started = time.monotonic()
     demo = subprocess.Popen(
         [_cli(), "demo", "--port", str(ui_port), "--api-port", str(api_port)],
