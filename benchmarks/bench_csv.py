@@ -19,6 +19,9 @@ own process and starting from its own copy of the same prepared lake:
   rewrite   DuckDB alone: the full outer join of the table and the file into a new lake table,
             then drop + rename, in one transaction
   plain     DuckDB alone: the same rewrite in a plain .duckdb file holding the same table
+  apply     ours' engine alone: `core.ingest.apply_source` on the local file, as the run calls
+            it (stage and validate, write the users' rows, swap, commit), without Dagster and
+            S3; not part of the floor, it splits ours into the apply and the rest
 
 The floor is transfer + the fastest of merge, rewrite and plain. Every variant must leave the
 same table content (count and an order-independent hash of user_id and the 10 properties).
@@ -72,7 +75,8 @@ PENDING_KEY = f"{PREFIX}/{INTEGRATION}/{FILE_NAME}"
 MEMORY_ENV = "INTEGRATION_HUB_DUCKDB_MEMORY"
 PREPARE_MEMORY = "4GB"  # building the prepared lake is not measured: let it be quick
 FLOOR_VARIANTS = ("merge", "rewrite", "plain")
-VARIANTS = ("transfer", *FLOOR_VARIANTS, "ours")
+# "apply" is ours' engine alone (no Dagster, no S3): it shows how much of ours is the apply itself.
+VARIANTS = ("transfer", *FLOOR_VARIANTS, "apply", "ours")
 
 # (CSV column, attribute name, type): the catalog mapping, one property of each kind and more.
 PROPERTIES: list[tuple[str, str, str]] = [
@@ -379,6 +383,39 @@ def run_lake_variant(variant: str, lake_folder: str, csv_path: str, memory_limit
     return {"phases": phases, "settings": settings}
 
 
+def run_apply(catalog_path: str, csv_path: str, memory_limit: str | None) -> dict[str, Any]:
+    """(A child.) apply_source on the local file, as `integration-hub run` calls it; its progress lines timed."""
+    from integration_hub.core.ingest import RunRecord, apply_source, new_run_id, now_utc
+    from integration_hub.core.warehouse import open_writer
+    from integration_hub.inbound_csv.reader import csv_source_sql, inspect_file_head
+
+    if memory_limit:
+        os.environ[MEMORY_ENV] = memory_limit
+    else:
+        os.environ.pop(MEMORY_ENV, None)  # ours' own default
+    from integration_hub.core.catalog import load_catalog
+
+    started = time.perf_counter()
+    catalog = load_catalog(catalog_path)
+    integration = catalog.integration(INTEGRATION)
+    path = Path(csv_path)
+    lines: list[tuple[float, str]] = []
+    with open_writer(catalog) as con:
+        with path.open("rb") as handle:
+            head = handle.read(1 << 20)
+        shape = inspect_file_head(con, head, path.stat().st_size, False, integration, FILE_NAME, path.parent)
+        run = RunRecord(run_id=new_run_id(), integration=INTEGRATION, kind="csv", source=FILE_NAME, started_at=now_utc())
+        lines.append((time.perf_counter() - started, "opened the lake and read the file's header"))
+        apply_source(
+            con, integration, csv_source_sql(path, integration, shape, None), run,
+            max_rejected_ratio=integration.max_rejected_ratio,
+            progress=lambda line: lines.append((time.perf_counter() - started, line)),
+        )  # fmt: skip
+        settings = _settings(con)
+    lines.append((time.perf_counter() - started, "closed the lake"))
+    return {"timeline": lines, "settings": settings, "status": run.status, "rows_applied": run.rows_applied}
+
+
 def run_plain(database: str, csv_path: str, memory_limit: str | None) -> dict[str, Any]:
     """The rewrite in a plain DuckDB file, swapped in within one transaction; closing checkpoints it."""
     started = time.perf_counter()
@@ -631,6 +668,12 @@ def _measure_variant(
         shutil.copyfile(plain_base, folder / "plain.duckdb")
         return measure(run_plain, str(folder / "plain.duckdb"), str(csv_path), args.memory_limit, preload=("duckdb",))
     copy_lake(base, folder)
+    if variant == "apply":
+        catalog = write_catalog(folder / "integrations.yaml", s3_connection(moto.endpoint_url), integrations)
+        return measure(
+            run_apply, str(catalog), str(csv_path), args.memory_limit,
+            preload=("duckdb", "integration_hub.core.ingest", "integration_hub.inbound_csv.reader"),
+        )  # fmt: skip
     if variant in ("merge", "rewrite"):
         return measure(
             run_lake_variant, variant, str(folder), str(csv_path), args.memory_limit,
@@ -684,6 +727,7 @@ def _report(
         "merge": "(a) DuckDB alone: read_csv + MERGE into the lake table",
         "rewrite": "(b) DuckDB alone: rewrite of the lake table, swapped in",
         "plain": "(c) DuckDB alone: rewrite in a plain .duckdb file",
+        "apply": "ours' apply alone: apply_source on the local file (no Dagster, no S3)",
         "ours": "ours: `integration-hub run bench` (S3 on moto)",
     }
     rows = []
@@ -696,8 +740,8 @@ def _report(
         every = " / ".join(f"{s:.1f}" for s in m.result.get("all_seconds", [])) if args.repeat > 1 else ""
         rows.append([descriptions[variant], fmt_seconds(m.seconds), fmt_seconds(m.cpu_seconds or 0),
                      fmt_mb(m.peak_rss_bytes), ratio, every])
-    if floor:
-        rows.insert(len(rows) - (1 if ours or "ours" in failed else 0),
+    if floor:  # after the floor's variants
+        rows.insert(max(i for i, v in enumerate(variants) if v in ("transfer", *FLOOR_VARIANTS)) + 1,
                     [f"floor = transfer + fastest DuckDB alone ({fastest_name})", fmt_seconds(floor), "-", "-", "1.00x", ""])
     limits = f"DuckDB alone: memory_limit {settings['memory_limit']}, threads {settings['threads']}; " if settings else ""
     print_table(
@@ -725,6 +769,11 @@ def _report(
               f"{run.get('rows_rejected')} rejected{' - ' + run['message'] if run.get('message') else ''}")
         ok &= run.get("status") == "success" and run.get("rows_applied") == args.rows
 
+    applied = done.get("apply")
+    if applied:
+        print(f"ours' apply alone recorded: status {applied.result['status']}, {applied.result['rows_applied']} applied")
+        ok &= applied.result["status"] == "success" and applied.result["rows_applied"] == args.rows
+
     print()
     summary = []
     if ours and floor:
@@ -746,8 +795,17 @@ def _report(
     elif "ours" in variants:
         print("FAIL  ours did not finish: no target can pass")
     print(f"info  the starting point: {BEFORE_THE_LAKE}")
+    if applied and fastest:
+        print(f"info  ours' apply alone: {applied.seconds:.1f} s, {applied.seconds / fastest.seconds:.2f}x the fastest "
+              f"DuckDB alone ({fastest_name}, {fastest.seconds:.1f} s)")
+    if applied and ours:
+        print(f"info  ours beyond its apply alone (Dagster, the S3 download and move, checks): "
+              f"{ours.seconds - applied.seconds:.1f} s, against the transfer's {transfer.seconds if transfer else float('nan'):.1f} s")
     for variant, m in done.items():
-        if variant not in ("ours", "transfer"):
+        if variant == "apply":
+            print_table(["s since the child started", "step"], [(f"{t:.1f}", what) for t, what in m.result["timeline"]],
+                        title=f"{descriptions[variant]}: {m.seconds:.2f} s")
+        elif variant not in ("ours", "transfer"):
             _phase_table(descriptions[variant], m.seconds, m.result["phases"])
     if transfer:
         print_table(["request", "seconds"], [(k, fmt_seconds(v)) for k, v in transfer.result["phases"].items()],
