@@ -385,6 +385,7 @@ def run_lake_variant(variant: str, lake_folder: str, csv_path: str, memory_limit
 
 def run_apply(catalog_path: str, csv_path: str, memory_limit: str | None) -> dict[str, Any]:
     """(A child.) apply_source on the local file, as `integration-hub run` calls it; its progress lines timed."""
+    from integration_hub.core.catalog import load_catalog
     from integration_hub.core.ingest import RunRecord, apply_source, new_run_id, now_utc
     from integration_hub.core.warehouse import open_writer
     from integration_hub.inbound_csv.reader import csv_source_sql, inspect_file_head
@@ -393,7 +394,6 @@ def run_apply(catalog_path: str, csv_path: str, memory_limit: str | None) -> dic
         os.environ[MEMORY_ENV] = memory_limit
     else:
         os.environ.pop(MEMORY_ENV, None)  # ours' own default
-    from integration_hub.core.catalog import load_catalog
 
     started = time.perf_counter()
     catalog = load_catalog(catalog_path)
